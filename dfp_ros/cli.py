@@ -1,0 +1,185 @@
+"""`dfp`: train a Drifting Field Policy on a LeRobot dataset, export it to ONNX, benchmark it.
+
+Heavy imports (torch, lerobot) happen inside the subcommands, so `dfp --help` is instant and the
+deploy profile (no torch) can still run `dfp bench latency`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dfp_ros.contracts import ContractError
+
+EPILOG = """examples:
+  dfp train --root data/cube --output outputs/cube --steps 5000
+  dfp train --root data/cube --output outputs/cube --resume        # continue from the last checkpoint
+  dfp export outputs/cube/checkpoints/last models/cube.onnx --num-samples 16
+  dfp bench train                                                  # throughput, reference size
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return vals
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def _keys(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dfp_ros.learning.config import DEFAULT_TEMPERATURES, ModelConfig, TrainConfig
+
+    tc, mc = TrainConfig(), ModelConfig()
+    p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,bench}")
+
+    t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default="", help="LeRobot repo id (read from the local cache, offline)")
+    t.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json)")
+    t.add_argument("--output", default=tc.output, help="run folder: checkpoints, log.csv, curves.png")
+    t.add_argument("--state-keys", type=_keys, default=[],
+                   help="comma-separated state features to concatenate (default: observation.state "
+                        "and observation.environment_state, when present)")
+    t.add_argument("--image-keys", type=_keys, default=None,
+                   help="comma-separated camera features (default: all the dataset's cameras; '' for none)")
+    t.add_argument("--action-key", default=tc.action_key)
+    t.add_argument("--image-size", type=_ints, default=tc.image_size, help="model image size H,W")
+    t.add_argument("--horizon", type=int, default=mc.horizon, help="action chunk length H")
+    t.add_argument("--hidden", type=_ints, default=mc.actor_hidden, help="actor MLP widths")
+    t.add_argument("--critic", action="store_true", help="also train a chunk critic (needs a reward column)")
+    t.add_argument("--critic-hidden", type=_ints, default=mc.critic_hidden)
+    t.add_argument("--steps", type=int, default=tc.steps)
+    t.add_argument("--batch-size", type=int, default=tc.batch_size, help="states per batch")
+    t.add_argument("--num-gen", type=int, default=tc.num_gen, help="generated chunks per state (G)")
+    t.add_argument("--lr", type=float, default=tc.lr)
+    t.add_argument("--temperatures", type=_floats, default=DEFAULT_TEMPERATURES,
+                   help="drift kernel temperatures (the reference uses 0.1 alone; see README)")
+    t.add_argument("--loss", choices=("drift", "mse"), default=tc.loss,
+                   help="'mse' trains the regression baseline with the same network")
+    t.add_argument("--seed", type=int, default=tc.seed)
+    t.add_argument("--device", default=tc.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    t.add_argument("--log-every", type=int, default=tc.log_every)
+    t.add_argument("--checkpoint-every", type=int, default=tc.checkpoint_every)
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+    e = sub.add_parser("export", help="export a checkpoint to ONNX (checked and compared with torch)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("checkpoint", help="checkpoint folder, e.g. outputs/run/checkpoints/last")
+    e.add_argument("output", help="ONNX file to write")
+    e.add_argument("--num-samples", type=int, default=None,
+                   help="candidates N per call (default 16 with a critic, else 1)")
+    crit = e.add_mutually_exclusive_group()
+    crit.add_argument("--critic", dest="critic", action="store_true", default=None,
+                      help="include the critic (outputs q and best); default: when the checkpoint has one")
+    crit.add_argument("--no-critic", dest="critic", action="store_false")
+
+    b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train}")
+    bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bt.add_argument("--device", default="auto")
+    bt.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
+    bt.add_argument("--hidden", type=_ints, default=(512, 512, 512, 512))
+    bt.add_argument("--batch-size", type=int, default=256)
+    bt.add_argument("--num-gen", type=int, default=8)
+    return p
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from dfp_ros.learning.config import ModelConfig, TrainConfig
+    from dfp_ros.learning.trainer import Trainer
+
+    if not a.dataset and not a.root:
+        raise ContractError("give --root (a local dataset folder) or --dataset (a repo id in the cache)")
+    if len(a.image_size) != 2:
+        raise ContractError(f"--image-size takes H,W; got {a.image_size}")
+    cfg = TrainConfig(dataset=a.dataset, root=a.root, output=a.output, state_keys=a.state_keys,
+                      image_keys=a.image_keys if a.image_keys is not None else [],
+                      action_key=a.action_key, image_size=tuple(a.image_size), steps=a.steps,
+                      batch_size=a.batch_size, num_gen=a.num_gen, lr=a.lr, temperatures=a.temperatures,
+                      loss=a.loss, seed=a.seed, device=a.device, log_every=a.log_every,
+                      checkpoint_every=a.checkpoint_every)
+    if a.image_keys is not None and not a.image_keys:
+        cfg.image_keys = []
+    mcfg = ModelConfig(horizon=a.horizon, actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.critic_hidden),
+                       use_critic=a.critic)
+    trainer = Trainer(cfg, mcfg, resume=a.resume, progress=not a.no_progress)
+    if a.image_keys is not None and not a.image_keys and trainer.data.cameras:
+        raise ContractError("internal: cameras selected although --image-keys ''")
+    print(f"dfp train: {len(trainer.data)} frames, {trainer.data.num_episodes} episodes, state "
+          f"{trainer.data.state_dim}, cameras {[c.name for c in trainer.data.cameras]}, action "
+          f"{trainer.data.action_dim} x H={mcfg.horizon}, device {trainer.device}, from step {trainer.step}")
+    folder = trainer.run()
+    print(f"dfp train: checkpoint {folder}; log {trainer.log.csv_path}; curves {trainer.log.png_path}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from dfp_ros.learning.export import export_onnx
+    from dfp_ros.learning.model import load_checkpoint
+
+    model, _ = load_checkpoint(a.checkpoint)
+    with_critic = a.critic if a.critic is not None else model.critic is not None
+    n = a.num_samples or (16 if with_critic else 1)
+    res = export_onnx(model, a.output, num_samples=n, with_critic=with_critic)
+    meta = res["metadata"]
+    print(f"dfp export: wrote {res['path']} (N={n}, critic={with_critic}, hash {meta['content_hash'][:12]}); "
+          f"onnx.checker ok; ONNX Runtime vs torch max abs error {res['max_abs_error']:.2e}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import torch
+
+    from dfp_ros.learning.bench import bench_training
+    from dfp_ros.learning.trainer import select_device
+
+    res = bench_training(select_device(a.device), seconds=a.seconds, batch=a.batch_size, num_gen=a.num_gen,
+                         hidden=tuple(a.hidden))
+    res["torch"] = torch.__version__
+    res["cpu_count"] = os.cpu_count()
+    print(f"training throughput on {res['device']} (batch {res['batch']} x {res['num_gen']}, "
+          f"actor {res['hidden']}):")
+    print(f"  drift BC step   {res['drift_bc_steps_per_s']:8.1f} steps/s")
+    print(f"  MSE BC step     {res['mse_bc_steps_per_s']:8.1f} steps/s")
+    print(f"  drift loss only {res['drift_loss_alone_per_s']:8.1f} calls/s")
+    print(f"  drift overhead over MSE: {res['drift_overhead_pct']:.1f}% (goal <= 25%)")
+    print(json.dumps(res))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "export": cmd_export, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except ContractError as e:  # user errors: one clear line, no traceback
+        print(f"dfp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dfp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

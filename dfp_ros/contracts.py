@@ -1,0 +1,109 @@
+"""The contracts between the parts of dfp_ros, defined once (DESIGN.md §3).
+
+Training writes ONNX files with these input/output names and this metadata; the runtime reads
+them; nodes use the default topic names below. Everything else imports from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# --- ONNX model (DESIGN.md §3.1) -------------------------------------------------------------
+MODEL_FORMAT_VERSION = 1
+METADATA_KEY = "dfp_ros"  # metadata_props key holding the JSON below
+
+INPUT_STATE = "state"
+INPUT_NOISE = "noise"
+IMAGE_INPUT_PREFIX = "image."
+OUTPUT_ACTIONS = "actions"
+OUTPUT_Q = "q"
+OUTPUT_BEST = "best"
+
+
+def image_input_name(camera: str) -> str:
+    return f"{IMAGE_INPUT_PREFIX}{camera}"
+
+
+@dataclass
+class StateSpec:
+    """One dataset feature concatenated (in order) into the model's `state` input."""
+
+    key: str  # dataset feature, e.g. "observation.state"
+    dim: int
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CameraSpec:
+    """One camera input: `image.<name>` uint8 [B, height, width, 3] RGB."""
+
+    name: str
+    key: str  # dataset feature, e.g. "observation.images.front"
+    height: int
+    width: int
+
+
+@dataclass
+class ModelMetadata:
+    """What an exported model promises; stored as JSON in the ONNX metadata_props."""
+
+    state: list[StateSpec]
+    cameras: list[CameraSpec]
+    action_key: str
+    action_names: list[str]
+    horizon: int
+    action_dim: int
+    fps: float
+    num_samples: int
+    has_critic: bool
+    action_low: list[float]
+    action_high: list[float]
+    dataset: str = ""
+    git_revision: str = ""
+    created: str = ""
+    content_hash: str = ""
+    format_version: int = MODEL_FORMAT_VERSION
+
+    @property
+    def state_dim(self) -> int:
+        return sum(s.dim for s in self.state)
+
+    @property
+    def noise_dim(self) -> int:
+        return self.horizon * self.action_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelMetadata:
+        known = {f for f in cls.__dataclass_fields__}
+        missing = [k for k in ("state", "cameras", "action_names", "horizon", "action_dim",
+                               "num_samples", "has_critic") if k not in d]
+        if missing:
+            raise ContractError(f"model metadata lacks required fields {missing}")
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ContractError(f"model metadata has fields this dfp_ros does not know: {unknown}")
+        d = dict(d)
+        d["state"] = [StateSpec(**s) for s in d["state"]]
+        d["cameras"] = [CameraSpec(**c) for c in d["cameras"]]
+        return cls(**d)
+
+
+class ContractError(ValueError):
+    """A model, dataset or message does not match the contract dfp_ros expects."""
+
+
+# --- Topics (DESIGN.md §3.2); all remappable --------------------------------------------------
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_SIM_STATE = "/sim/state"
+TOPIC_CAMERA = "/camera/camera/color/image_raw"
+TOPIC_REWARD = "/reward"
+TOPIC_EPISODE = "/episode"
+TOPIC_ESTOP = "/estop"
+TOPIC_DIAGNOSTICS = "/diagnostics"
+TOPIC_MODEL_UPDATE = "/dfp/model_update"
+
+EPISODE_EVENTS = ("start", "success", "failure", "timeout", "reset")

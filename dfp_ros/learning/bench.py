@@ -1,0 +1,69 @@
+"""Training throughput at the reference configuration: drift BC step vs MSE BC step vs the loss alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from dfp_ros.contracts import ModelMetadata, StateSpec
+from dfp_ros.learning.config import DEFAULT_TEMPERATURES, ModelConfig
+from dfp_ros.learning.dataset import ChunkBatch
+from dfp_ros.learning.drift_loss import drift_loss
+from dfp_ros.learning.model import DFPModel
+from dfp_ros.learning.objectives import drift_bc_loss, mse_bc_loss
+
+# cube-single shapes: 28 state numbers, 5 action dimensions, H = 5.
+STATE_DIM, ACTION_DIM = 28, 5
+
+
+def _rate(fn: Callable[[], None], seconds: float, device: torch.device) -> float:
+    for _ in range(3):  # warm-up (allocator, kernels, cuDNN autotune)
+        fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def bench_training(device: torch.device, seconds: float = 5.0, batch: int = 256, num_gen: int = 8,
+                   hidden: tuple[int, ...] = (512, 512, 512, 512), horizon: int = 5,
+                   temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES) -> dict[str, float]:
+    meta = ModelMetadata(state=[StateSpec("observation.state", STATE_DIM)], cameras=[], action_key="action",
+                         action_names=[f"a{i}" for i in range(ACTION_DIM)], horizon=horizon,
+                         action_dim=ACTION_DIM, fps=20.0, num_samples=1, has_critic=False,
+                         action_low=[-1.0] * ACTION_DIM, action_high=[1.0] * ACTION_DIM)
+    model = DFPModel(meta, ModelConfig(horizon=horizon, actor_hidden=hidden)).to(device)
+    opt = torch.optim.Adam(model.actor.parameters(), lr=3e-4)
+    data = ChunkBatch(state=torch.randn(batch, STATE_DIM, device=device), images={},
+                      chunk=torch.rand(batch, horizon, ACTION_DIM, device=device) * 2 - 1)
+
+    def step(objective: Callable) -> Callable[[], None]:
+        def run() -> None:
+            loss, _ = objective()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+
+    gen = torch.randn(batch, num_gen, meta.noise_dim, device=device, requires_grad=True)
+    pos = torch.randn(batch, 1, meta.noise_dim, device=device)
+
+    def loss_only() -> None:
+        drift_loss(gen, pos, temperatures=temperatures).mean().backward()
+
+    drift = _rate(step(lambda: drift_bc_loss(model, data, num_gen, temperatures)), seconds, device)
+    mse = _rate(step(lambda: mse_bc_loss(model, data, num_gen)), seconds, device)
+    alone = _rate(loss_only, seconds, device)
+    return {
+        "device": str(device), "batch": batch, "num_gen": num_gen, "hidden": list(hidden),
+        "temperatures": list(temperatures), "threads": torch.get_num_threads(),
+        "drift_bc_steps_per_s": round(drift, 2), "mse_bc_steps_per_s": round(mse, 2),
+        "drift_loss_alone_per_s": round(alone, 2),
+        "drift_overhead_pct": round(100.0 * (mse / drift - 1.0), 1),
+    }

@@ -1,0 +1,203 @@
+"""LeRobot v3 datasets -> in-memory arrays -> batches of (observation, action chunk) for training.
+
+The whole dataset is decoded once into memory (images resized to the model's input size), because
+per-item access through the dataset object is far too slow to feed 256-state batches at tens of
+steps per second. Chunks are built per episode: past an episode's last frame, the last action is
+repeated (the convention LeRobot uses for its `action_is_pad` padding).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfp_ros.contracts import CameraSpec, ContractError, StateSpec
+
+# Reading must never reach for the network (DESIGN.md §6).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class DatasetError(ContractError):
+    """The dataset cannot be opened or does not hold what training needs."""
+
+
+@dataclass
+class ChunkBatch:
+    state: torch.Tensor  # [B, S] raw units
+    images: dict[str, torch.Tensor]  # camera -> uint8 [B, H, W, 3]
+    chunk: torch.Tensor  # [B, H, A] raw units
+    rewards: torch.Tensor | None = None  # [B, H], zero past the episode end
+    next_state: torch.Tensor | None = None  # [B, S] observation H steps later (clamped to the episode)
+    next_images: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # [B]: 0 where the episode terminated within the chunk
+
+    def to(self, device: torch.device | str) -> ChunkBatch:
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return ChunkBatch(
+            state=mv(self.state), images={k: mv(v) for k, v in self.images.items()},
+            chunk=mv(self.chunk), rewards=mv(self.rewards), next_state=mv(self.next_state),
+            next_images={k: mv(v) for k, v in self.next_images.items()}, mask=mv(self.mask),
+        )
+
+
+def _feature_dim(feature: dict) -> int:
+    return int(np.prod(feature["shape"]))
+
+
+def _feature_names(feature: dict, dim: int) -> list[str]:
+    names = feature.get("names")
+    if isinstance(names, dict):  # some datasets nest names, e.g. {"motors": [...]}
+        names = next(iter(names.values()), None)
+    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
+        return list(names)
+    return []
+
+
+def open_lerobot_dataset(repo_id: str, root: str | Path | None):
+    """Open a local LeRobot dataset (by root, or by repo id from the user's cache), offline."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    if root is not None and not (Path(root) / "meta" / "info.json").is_file():
+        raise DatasetError(f"no LeRobot dataset at {root} (expected {Path(root) / 'meta' / 'info.json'})")
+    try:
+        return LeRobotDataset(repo_id or "local/dataset", root=root, video_backend="pyav")
+    except Exception as e:  # noqa: BLE001 - lerobot raises many types; the user needs one line
+        where = root if root is not None else f"the LeRobot cache (repo id {repo_id!r})"
+        raise DatasetError(f"cannot open LeRobot dataset from {where}: {type(e).__name__}: {e}") from e
+
+
+class ChunkDataset:
+    """A LeRobot dataset held in memory, sampled as batches of chunks."""
+
+    def __init__(self, repo_id: str, root: str | Path | None, *, horizon: int,
+                 state_keys: list[str] | None = None, image_keys: list[str] | None = None,
+                 action_key: str = "action", image_size: tuple[int, int] = (96, 96),
+                 reward_key: str = "next.reward", done_key: str = "next.done",
+                 progress: bool = True):
+        ds = open_lerobot_dataset(repo_id, root)
+        features = ds.meta.features
+        self.repo_id = ds.repo_id
+        self.fps = float(ds.meta.fps)
+        self.horizon = horizon
+        camera_keys = list(ds.meta.camera_keys)
+        if action_key not in features:
+            raise DatasetError(f"dataset has no action feature {action_key!r}; it has {sorted(features)}")
+        if not state_keys:
+            state_keys = [k for k in ("observation.state", "observation.environment_state") if k in features]
+        if image_keys is None:
+            image_keys = camera_keys
+        for k in state_keys:
+            if k not in features:
+                raise DatasetError(f"dataset has no state feature {k!r}; it has {sorted(features)}")
+        for k in image_keys:
+            if k not in camera_keys:
+                raise DatasetError(f"dataset has no camera feature {k!r}; its cameras are {camera_keys}")
+        if not state_keys and not image_keys:
+            raise DatasetError("dataset has no observation.state and no camera: nothing to condition on")
+
+        hf = ds.hf_dataset.with_format("numpy")
+        order = np.argsort(np.asarray(hf["index"]))
+        col = lambda k: np.asarray(hf[k])[order]  # noqa: E731
+        self.episode_index = col("episode_index").astype(np.int64)
+        n = len(self.episode_index)
+        if n == 0:
+            raise DatasetError("dataset has no frames")
+        # First and last frame of each frame's episode.
+        starts = np.r_[0, np.flatnonzero(np.diff(self.episode_index)) + 1]
+        ends = np.r_[starts[1:], n] - 1
+        lengths = ends - starts + 1
+        self.ep_start = np.repeat(starts, lengths)
+        self.ep_end = np.repeat(ends, lengths)
+        self.num_episodes = len(starts)
+
+        self.state_specs = [StateSpec(k, _feature_dim(features[k]), _feature_names(features[k],
+                                      _feature_dim(features[k]))) for k in state_keys]
+        self.state = (np.concatenate([col(k).reshape(n, -1) for k in state_keys], axis=1).astype(np.float32)
+                      if state_keys else np.zeros((n, 0), np.float32))
+        self.actions = col(action_key).reshape(n, -1).astype(np.float32)
+        self.action_key = action_key
+        self.action_names = _feature_names(features[action_key], self.actions.shape[1]) or [
+            f"action_{i}" for i in range(self.actions.shape[1])]
+        self.rewards = col(reward_key).reshape(n).astype(np.float32) if reward_key in features else None
+        self.dones = col(done_key).reshape(n).astype(bool) if done_key in features else None
+        self.has_rewards = self.rewards is not None
+        if not np.isfinite(self.state).all() or not np.isfinite(self.actions).all():
+            raise DatasetError("dataset holds NaN or inf in its state or action columns")
+
+        h, w = image_size
+        self.cameras = [CameraSpec(k.split(".")[-1], k, h, w) for k in image_keys]
+        self.images = {c.name: self._decode_camera(ds, c, order, progress) for c in self.cameras}
+
+        stats = ds.meta.stats or {}
+        self.state_mean, self.state_std = self._state_stats(stats, state_keys)
+        a_stats = stats.get(action_key, {})
+        self.action_low = np.asarray(a_stats.get("min", self.actions.min(0)), np.float32).reshape(-1)
+        self.action_high = np.asarray(a_stats.get("max", self.actions.max(0)), np.float32).reshape(-1)
+
+    def _state_stats(self, stats: dict, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if all(k in stats and "mean" in stats[k] for k in keys):
+            mean = np.concatenate([np.asarray(stats[k]["mean"], np.float32).reshape(-1) for k in keys]) \
+                if keys else np.zeros(0, np.float32)
+            std = np.concatenate([np.asarray(stats[k]["std"], np.float32).reshape(-1) for k in keys]) \
+                if keys else np.zeros(0, np.float32)
+            return mean, std
+        return self.state.mean(0), self.state.std(0)
+
+    def _decode_camera(self, ds, cam: CameraSpec, order: np.ndarray, progress: bool) -> np.ndarray:
+        """All frames of one camera as uint8 [N, h, w, 3], resized with OpenCV."""
+        import cv2
+        from tqdm import tqdm
+
+        n = len(order)
+        out = np.empty((n, cam.height, cam.width, 3), np.uint8)
+        for i in tqdm(range(n), desc=f"decoding {cam.key}", disable=not progress, unit="frame"):
+            frame = ds[int(order[i])][cam.key]  # float [3, H, W] in [0, 1]
+            img = (frame.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            if img.shape[:2] != (cam.height, cam.width):
+                img = cv2.resize(img, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+            out[i] = img
+        return out
+
+    def __len__(self) -> int:
+        return len(self.episode_index)
+
+    @property
+    def state_dim(self) -> int:
+        return self.state.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    def chunk_indices(self, idx: np.ndarray) -> np.ndarray:
+        """[B] frame indices -> [B, H] indices of the chunk's actions, clamped to the episode end."""
+        steps = idx[:, None] + np.arange(self.horizon)[None, :]
+        return np.minimum(steps, self.ep_end[idx][:, None])
+
+    def sample(self, batch_size: int, rng: np.random.Generator, with_critic_targets: bool = False) -> ChunkBatch:
+        idx = rng.integers(0, len(self), size=batch_size)
+        cidx = self.chunk_indices(idx)
+        batch = ChunkBatch(
+            state=torch.from_numpy(self.state[idx]),
+            images={k: torch.from_numpy(v[idx]) for k, v in self.images.items()},
+            chunk=torch.from_numpy(self.actions[cidx]),
+        )
+        if with_critic_targets:
+            if self.rewards is None:
+                raise DatasetError("critic training needs a reward column; the dataset has none")
+            steps = idx[:, None] + np.arange(self.horizon)[None, :]
+            inside = steps <= self.ep_end[idx][:, None]
+            batch.rewards = torch.from_numpy(np.where(inside, self.rewards[cidx], 0.0).astype(np.float32))
+            nxt = np.minimum(idx + self.horizon, self.ep_end[idx])
+            batch.next_state = torch.from_numpy(self.state[nxt])
+            batch.next_images = {k: torch.from_numpy(v[nxt]) for k, v in self.images.items()}
+            reaches_end = idx + self.horizon > self.ep_end[idx]
+            terminal = reaches_end & (self.dones[self.ep_end[idx]] if self.dones is not None else False)
+            batch.mask = torch.from_numpy((~terminal).astype(np.float32))
+        return batch

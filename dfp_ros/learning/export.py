@@ -1,0 +1,141 @@
+"""Export a trained DFPModel to the ONNX contract of DESIGN.md §3.1, and prove parity.
+
+The graph takes raw observations and caller-sampled noise, and returns raw-unit action chunks for
+N candidates (plus `q` and the argmax-Q chunk `best` when the critic is included). After writing,
+the file is checked with onnx.checker, opened through the runtime loader (so the contract check is
+the one the robot will run), and compared with torch on the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from dfp_ros.contracts import (
+    INPUT_NOISE,
+    INPUT_STATE,
+    METADATA_KEY,
+    OUTPUT_ACTIONS,
+    OUTPUT_BEST,
+    OUTPUT_Q,
+    ContractError,
+    image_input_name,
+)
+from dfp_ros.learning.model import DFPModel
+from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+PARITY_TOLERANCE = 1e-4
+OPSET = 17
+
+
+class ExportError(ContractError):
+    """The exported graph failed a check; no file is left behind."""
+
+
+class _ExportGraph(nn.Module):
+    def __init__(self, model: DFPModel, with_critic: bool):
+        super().__init__()
+        self.model = model
+        self.with_critic = with_critic
+        self.cameras = [c.name for c in model.meta.cameras]
+
+    def forward(self, state: torch.Tensor, *rest: torch.Tensor):
+        *images, noise = rest
+        imgs = dict(zip(self.cameras, images, strict=True))
+        m = self.model
+        norm = m.actor(state, imgs, noise).clamp(-1.0, 1.0)  # [B, N, D]
+        actions = m.denormalize_actions(norm).unflatten(-1, (m.meta.horizon, m.meta.action_dim))
+        if not self.with_critic:
+            return actions
+        q = m.critic(state, imgs, norm).mean(0)  # [B, N]
+        idx = q.argmax(dim=1, keepdim=True)  # [B, 1]
+        flat = actions.flatten(2)
+        best = torch.gather(flat, 1, idx.unsqueeze(-1).expand(-1, 1, flat.shape[-1])).squeeze(1)
+        return actions, q, best.unflatten(-1, (m.meta.horizon, m.meta.action_dim))
+
+
+def example_inputs(model: DFPModel, batch: int, num_samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Plausible inputs for tracing and parity: states around the data mean, random images and noise."""
+    rng = np.random.default_rng(seed)
+    enc = model.actor.encoder
+    mean, std = enc.state_mean.cpu().numpy(), enc.state_std.cpu().numpy()
+    feeds = {INPUT_STATE: (mean + std * rng.standard_normal((batch, mean.size))).astype(np.float32)}
+    for cam in model.meta.cameras:
+        feeds[image_input_name(cam.name)] = rng.integers(0, 256, (batch, cam.height, cam.width, 3), np.uint8)
+    feeds[INPUT_NOISE] = rng.standard_normal((batch, num_samples, model.meta.noise_dim)).astype(np.float32)
+    return feeds
+
+
+def content_hash(proto: onnx.ModelProto) -> str:
+    """sha256 of the graph and weights, metadata excluded (so it is stable across re-stamping)."""
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, with_critic: bool | None = None,
+                parity_batch: int = 4) -> dict:
+    """Write `path`; returns {"path", "metadata", "max_abs_error"}. Raises ExportError on failure."""
+    path = Path(path)
+    if with_critic is None:
+        with_critic = model.critic is not None
+    if with_critic and model.critic is None:
+        raise ExportError("--critic asked for, but this checkpoint has no critic (train with --critic)")
+    if num_samples < 1:
+        raise ExportError(f"num_samples must be >= 1, got {num_samples}")
+    model = model.to("cpu").eval()
+    graph = _ExportGraph(model, with_critic).eval()
+    feeds = example_inputs(model, 2, num_samples, seed=1)
+    names = list(feeds)
+    outputs = [OUTPUT_ACTIONS] + ([OUTPUT_Q, OUTPUT_BEST] if with_critic else [])
+    dynamic = {n: {0: "batch"} for n in names + outputs}
+    dynamic[INPUT_NOISE] = {0: "batch", 1: "samples"}
+    dynamic[OUTPUT_ACTIONS] = {0: "batch", 1: "samples"}
+    if with_critic:
+        dynamic[OUTPUT_Q] = {0: "batch", 1: "samples"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(graph, tuple(torch.from_numpy(feeds[n]) for n in names), str(tmp),
+                          input_names=names, output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=OPSET, dynamo=False)
+    try:
+        proto = onnx.load(str(tmp))
+        meta = replace(model.meta, num_samples=num_samples, has_critic=with_critic,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       content_hash=content_hash(proto))
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta.to_dict())
+        proto.producer_name = "dfp_ros"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        err = check_parity(model, graph, tmp, parity_batch, num_samples)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    return {"path": str(path), "metadata": meta.to_dict(), "max_abs_error": err}
+
+
+def check_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int) -> float:
+    """Max abs difference torch vs ONNX Runtime over all outputs; raises ExportError past tolerance."""
+    runtime = PolicyRuntime(onnx_path, device="cpu")
+    feeds = example_inputs(model, batch, num_samples, seed=2)
+    ort_out = runtime.run(feeds[INPUT_STATE], {c: feeds[image_input_name(c)] for c in runtime.camera_names},
+                          feeds[INPUT_NOISE])
+    with torch.no_grad():
+        torch_out = graph(*(torch.from_numpy(feeds[n]) for n in feeds))
+    torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
+    err = max(float(np.abs(o - t.numpy()).max()) for o, t in zip(ort_out, torch_out, strict=True))
+    if not err <= PARITY_TOLERANCE:
+        raise ExportError(f"ONNX Runtime differs from torch by {err:.3g} (tolerance {PARITY_TOLERANCE})")
+    return err

@@ -1,0 +1,72 @@
+"""Small LeRobot v3 datasets written through lerobot's own writer, for tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Three far-apart modes of a 2-D action, demonstrated for the same state with these shares.
+MODES = np.array([[-0.7, -0.7], [0.7, -0.7], [0.0, 0.7]], np.float32)
+SHARES = np.array([0.5, 0.3, 0.2])
+ACTION_NOISE = 0.03
+
+
+def write_multimodal_dataset(root: Path, episodes: int = 200, length: int = 10, seed: int = 0,
+                             modes: np.ndarray = MODES, shares: np.ndarray = SHARES) -> Path:
+    """Every episode sits at (nearly) the same state and repeats one action mode, drawn by `shares`.
+
+    Mode counts are exact (not sampled), so the true share of each mode is known.
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    rng = np.random.default_rng(seed)
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
+        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+        "next.done": {"dtype": "bool", "shape": (1,), "names": None},
+    }
+    ds = LeRobotDataset.create("test/multimodal", fps=10, features=features, root=root, use_videos=False)
+    counts = np.round(shares * episodes).astype(int)
+    labels = rng.permutation(np.repeat(np.arange(len(modes)), counts))
+    for mode in labels:
+        for t in range(length):
+            ds.add_frame({
+                "observation.state": (rng.normal(0, 0.01, 2)).astype(np.float32),
+                "action": (modes[mode] + rng.normal(0, ACTION_NOISE, 2)).astype(np.float32),
+                "next.reward": np.array([float(t == length - 1)], np.float32),
+                "next.done": np.array([t == length - 1]),
+                "task": "reach a mode",
+            })
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+def write_image_dataset(root: Path, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """A tiny dataset with one video camera whose colour encodes the action."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    rng = np.random.default_rng(seed)
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
+        "observation.images.front": {"dtype": "video", "shape": (size, size, 3),
+                                     "names": ["height", "width", "channels"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["u", "v"]},
+    }
+    ds = LeRobotDataset.create("test/images", fps=10, features=features, root=root, use_videos=True)
+    for _ in range(episodes):
+        for _ in range(length):
+            act = rng.uniform(-1, 1, 2).astype(np.float32)
+            img = np.zeros((size, size, 3), np.uint8)
+            img[..., 0] = int((act[0] + 1) * 127)
+            img[..., 1] = int((act[1] + 1) * 127)
+            ds.add_frame({"observation.state": rng.normal(0, 1, 3).astype(np.float32),
+                          "observation.images.front": img, "action": act, "task": "colour"})
+        ds.save_episode()
+    ds.finalize()
+    return root
