@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from dfp_ros.contracts import ContractError
 
@@ -18,6 +17,7 @@ EPILOG = """examples:
   dfp train --root data/cube --output outputs/cube --steps 5000
   dfp train --root data/cube --output outputs/cube --resume        # continue from the last checkpoint
   dfp export outputs/cube/checkpoints/last models/cube.onnx --num-samples 16
+  dfp check models/cube.onnx                                       # validate and describe a model
   dfp bench train                                                  # throughput, reference size
 """
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc, mc = TrainConfig(), ModelConfig()
     p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,check,bench}")
 
     t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     crit.add_argument("--critic", dest="critic", action="store_true", default=None,
                       help="include the critic (outputs q and best); default: when the checkpoint has one")
     crit.add_argument("--no-critic", dest="critic", action="store_false")
+
+    c = sub.add_parser("check", help="validate an exported model (contract, one inference) and describe it")
+    c.add_argument("model", help="ONNX file")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime execution provider)")
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="{train}")
@@ -148,6 +152,25 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+    rt = PolicyRuntime(a.model, device=a.device)
+    m = rt.meta
+    rng = np.random.default_rng(0)
+    images = {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in m.cameras}
+    res = rt.act(np.zeros(m.state_dim, np.float32), images, rng)
+    print(f"{a.model}: dfp_ros model format {m.format_version}, sha256 {rt.sha256[:12]}")
+    print(f"  state {m.state_dim} from {[s.key for s in m.state]}; cameras "
+          f"{[(c.name, c.height, c.width) for c in m.cameras]}")
+    print(f"  actions {m.action_names} x H={m.horizon} at {m.fps:g} Hz; N={m.num_samples}; critic {m.has_critic}")
+    print(f"  dataset {m.dataset!r}, git {m.git_revision or '?'}, created {m.created}")
+    print(f"  providers {rt.providers}; test inference ok, chunk shape {res.chunk.shape}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     import torch
 
@@ -170,7 +193,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "export": cmd_export, "bench": cmd_bench}
+    handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except ContractError as e:  # user errors: one clear line, no traceback

@@ -233,8 +233,8 @@ def test_hand_computed_case():
     c1 = [-a1[0] * a1[2], -a1[1] * a1[2], a1[2] * (a1[0] + a1[1])]
     c2 = [-a2[0] * a2[2], -a2[1] * a2[2], a2[2] * (a2[0] + a2[1])]
     t = [0.0, 1 / s, 3 / s]
-    f1 = sum(c * v for c, v in zip(c1, t)) - sum(c1) * 0.0
-    f2 = sum(c * v for c, v in zip(c2, t)) - sum(c2) * (1 / s)
+    f1 = sum(c * v for c, v in zip(c1, t, strict=False)) - sum(c1) * 0.0
+    f2 = sum(c * v for c, v in zip(c2, t, strict=False)) - sum(c2) * (1 / s)
     rms = math.sqrt((f1 ** 2 + f2 ** 2) / 2)
     assert f1 == pytest.approx(0.33704, abs=1e-5)
     assert f2 == pytest.approx(0.98616, abs=1e-5)
@@ -377,7 +377,7 @@ def test_per_temperature_normalisation():
     assert ref["force_rms"].max() / ref["force_rms"].min() > 2
 
     # loss_b = mean over (generated, coordinate) of (sum_t f_t / rms_t)^2.
-    expected = np.mean(sum(f / r for f, r in zip(ref["forces"], ref["force_rms"])) ** 2, axis=(1, 2))
+    expected = np.mean(sum(f / r for f, r in zip(ref["forces"], ref["force_rms"], strict=False)) ** 2, axis=(1, 2))
     np.testing.assert_allclose(_np(loss), expected, rtol=RTOL, atol=ATOL)
 
     # With one temperature, the RMS is over the whole batch (the implementation's choice, see the

@@ -67,7 +67,7 @@ def open_lerobot_dataset(repo_id: str, root: str | Path | None):
         raise DatasetError(f"no LeRobot dataset at {root} (expected {Path(root) / 'meta' / 'info.json'})")
     try:
         return LeRobotDataset(repo_id or "local/dataset", root=root, video_backend="pyav")
-    except Exception as e:  # noqa: BLE001 - lerobot raises many types; the user needs one line
+    except Exception as e:
         where = root if root is not None else f"the LeRobot cache (repo id {repo_id!r})"
         raise DatasetError(f"cannot open LeRobot dataset from {where}: {type(e).__name__}: {e}") from e
 
@@ -181,7 +181,10 @@ class ChunkDataset:
         return np.minimum(steps, self.ep_end[idx][:, None])
 
     def sample(self, batch_size: int, rng: np.random.Generator, with_critic_targets: bool = False) -> ChunkBatch:
-        idx = rng.integers(0, len(self), size=batch_size)
+        return self.batch_at(rng.integers(0, len(self), size=batch_size), with_critic_targets)
+
+    def batch_at(self, idx: np.ndarray, with_critic_targets: bool = False) -> ChunkBatch:
+        """The batch for frame indices `idx` [B]."""
         cidx = self.chunk_indices(idx)
         batch = ChunkBatch(
             state=torch.from_numpy(self.state[idx]),

@@ -116,5 +116,5 @@ def load_training_state(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except Exception as e:
         raise CheckpointError(f"{path} is corrupted ({type(e).__name__}: {e})") from e

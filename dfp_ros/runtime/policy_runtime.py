@@ -48,7 +48,7 @@ def choose_providers(device: str = "auto") -> list[str]:
     if device == "cuda" and not gpu:
         raise ContractError(f"device 'cuda' asked for, but this onnxruntime has only {available} "
                             "(install onnxruntime-gpu)")
-    return gpu + ["CPUExecutionProvider"]
+    return [*gpu, "CPUExecutionProvider"]
 
 
 def file_sha256(data: bytes) -> str:
@@ -117,7 +117,7 @@ class PolicyRuntime:
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=choose_providers(device))
-        except Exception as e:  # noqa: BLE001 - ORT raises several types for a bad file
+        except Exception as e:
             raise ContractError(f"{self.source} is not a loadable ONNX model ({type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:200]})") from e
         self.meta = read_metadata(self.session, self.source)

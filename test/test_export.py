@@ -1,0 +1,140 @@
+"""ONNX export contract, parity with torch, and the runtime loader's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dfp_ros.contracts import (
+    INPUT_NOISE,
+    INPUT_STATE,
+    METADATA_KEY,
+    CameraSpec,
+    ContractError,
+    ModelMetadata,
+    StateSpec,
+)
+from dfp_ros.learning.config import ModelConfig
+from dfp_ros.learning.export import example_inputs, export_onnx
+from dfp_ros.learning.model import DFPModel
+from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+
+def tiny_model(critic: bool, cameras: list[CameraSpec] | None = None) -> DFPModel:
+    torch.manual_seed(0)
+    meta = ModelMetadata(state=[StateSpec("observation.state", 4, ["a", "b", "c", "d"])], cameras=cameras or [],
+                         action_key="action", action_names=["j0", "j1", "j2"], horizon=3, action_dim=3,
+                         fps=20.0, num_samples=1, has_critic=critic, action_low=[-2.0, 0.0, -1.0],
+                         action_high=[2.0, 1.0, 3.0])
+    cfg = ModelConfig(horizon=3, actor_hidden=(32, 32), critic_hidden=(32, 32), use_critic=critic,
+                      image_channels=(8, 8), image_feature_dim=16)
+    return DFPModel(meta, cfg, torch.tensor([0.0, 1.0, -1.0, 5.0]), torch.tensor([1.0, 2.0, 0.5, 3.0]))
+
+
+@pytest.mark.parametrize("critic", [False, True])
+def test_export_matches_torch_within_1e4(tmp_path, critic):
+    model = tiny_model(critic)
+    res = export_onnx(model, tmp_path / "m.onnx", num_samples=8)
+    assert res["max_abs_error"] <= 1e-4
+    rt = PolicyRuntime(tmp_path / "m.onnx")
+    assert rt.meta.has_critic is critic and rt.meta.num_samples == 8
+    feeds = example_inputs(model, 5, 8, seed=7)
+    out = rt.run(feeds[INPUT_STATE], {}, feeds[INPUT_NOISE])
+    with torch.no_grad():
+        norm = model.actor(torch.from_numpy(feeds[INPUT_STATE]), {}, torch.from_numpy(feeds[INPUT_NOISE]))
+        expected = model.denormalize_actions(norm).reshape(5, 8, 3, 3).numpy()
+    assert out[0].shape == (5, 8, 3, 3)
+    np.testing.assert_allclose(out[0], expected, atol=1e-4)
+    # Raw units: every action inside the dataset's range, since normalised actions are clipped.
+    assert (out[0] >= np.array([-2, 0, -1]) - 1e-6).all() and (out[0] <= np.array([2, 1, 3]) + 1e-6).all()
+    if critic:
+        q, best = out[1], out[2]
+        assert q.shape == (5, 8) and best.shape == (5, 3, 3)
+        np.testing.assert_array_equal(best, out[0][np.arange(5), q.argmax(1)])
+
+
+def test_export_with_image_input_and_runtime_act(tmp_path):
+    model = tiny_model(True, [CameraSpec("front", "observation.images.front", 24, 32)])
+    export_onnx(model, tmp_path / "m.onnx", num_samples=4)
+    rt = PolicyRuntime(tmp_path / "m.onnx")
+    img = np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)
+    res = rt.act(np.zeros(4, np.float32), {"front": img}, np.random.default_rng(1))
+    assert res.chunk.shape == (3, 3) and res.candidates.shape == (4, 3, 3) and res.q.shape == (4,)
+    again = rt.act(np.zeros(4, np.float32), {"front": img}, np.random.default_rng(1))
+    np.testing.assert_array_equal(res.chunk, again.chunk)  # same seed, same chunk
+    with pytest.raises(ValueError, match="image 'front'"):
+        rt.act(np.zeros(4, np.float32), {"front": img[:10]}, np.random.default_rng(1))
+    with pytest.raises(ValueError, match="NaN"):
+        rt.act(np.full(4, np.nan, np.float32), {"front": img}, np.random.default_rng(1))
+
+
+def test_metadata_describes_the_model(tmp_path):
+    model = tiny_model(False)
+    export_onnx(model, tmp_path / "m.onnx", num_samples=2)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    assert meta["action_names"] == ["j0", "j1", "j2"] and meta["horizon"] == 3 and meta["fps"] == 20.0
+    assert meta["state"][0]["names"] == ["a", "b", "c", "d"] and len(meta["content_hash"]) == 64
+    assert meta["created"] and meta["format_version"] == 1
+
+
+def _rewrite(src, dst, edit) -> None:
+    proto = onnx.load(str(src))
+    edit(proto)
+    onnx.save(proto, str(dst))
+
+
+def test_loader_refuses_model_with_unexpected_input(tmp_path):
+    export_onnx(tiny_model(False), tmp_path / "m.onnx", num_samples=2)
+
+    def add_input(proto):
+        proto.graph.input.append(onnx.helper.make_tensor_value_info("image.wrist", onnx.TensorProto.UINT8,
+                                                                    ["batch", 8, 8, 3]))
+    _rewrite(tmp_path / "m.onnx", tmp_path / "bad.onnx", add_input)
+    with pytest.raises(ContractError, match=r"unexpected \['image.wrist'\]"):
+        PolicyRuntime(tmp_path / "bad.onnx")
+
+
+def test_loader_refuses_model_whose_metadata_disagrees_with_graph(tmp_path):
+    export_onnx(tiny_model(False), tmp_path / "m.onnx", num_samples=2)
+
+    def lie_about_state(proto):
+        meta = json.loads(proto.metadata_props[0].value)
+        meta["state"][0]["dim"] = 7
+        proto.metadata_props[0].value = json.dumps(meta)
+    _rewrite(tmp_path / "m.onnx", tmp_path / "bad.onnx", lie_about_state)
+    with pytest.raises(ContractError, match="input 'state'"):
+        PolicyRuntime(tmp_path / "bad.onnx")
+
+
+def test_loader_refuses_foreign_newer_and_corrupted_models(tmp_path):
+    export_onnx(tiny_model(False), tmp_path / "m.onnx", num_samples=2)
+    _rewrite(tmp_path / "m.onnx", tmp_path / "foreign.onnx", lambda p: p.metadata_props.pop())
+    with pytest.raises(ContractError, match="not a dfp_ros model"):
+        PolicyRuntime(tmp_path / "foreign.onnx")
+
+    def newer(proto):
+        meta = json.loads(proto.metadata_props[0].value)
+        meta["format_version"] = 99
+        proto.metadata_props[0].value = json.dumps(meta)
+    _rewrite(tmp_path / "m.onnx", tmp_path / "newer.onnx", newer)
+    with pytest.raises(ContractError, match="format version 99"):
+        PolicyRuntime(tmp_path / "newer.onnx")
+    data = (tmp_path / "m.onnx").read_bytes()
+    with pytest.raises(ContractError, match="not a loadable ONNX model"):
+        PolicyRuntime(data[: len(data) // 2])
+    with pytest.raises(ContractError, match="does not exist"):
+        PolicyRuntime(tmp_path / "missing.onnx")
+
+
+def test_runtime_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dfp_ros.runtime.policy_runtime; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,111 @@
+"""Training on LeRobot datasets through the CLI: chunks, seeds, resume, images, critic, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from dfp_ros.cli import main
+from dfp_ros.learning.dataset import ChunkDataset, DatasetError
+from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+TINY = ["--hidden", "32,32", "--critic-hidden", "32,32", "--batch-size", "16", "--num-gen", "4",
+        "--no-progress", "--log-every", "5"]
+
+
+def _train(dataset: Path, out: Path, *extra: str) -> Path:
+    assert main(["train", "--root", str(dataset), "--output", str(out), *TINY, *extra]) == 0
+    return out / "checkpoints" / "last"
+
+
+def _weights(ckpt: Path) -> dict:
+    return {k: v.numpy() for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+
+
+def test_chunks_repeat_the_last_action_past_the_episode_end(multimodal_dataset):
+    data = ChunkDataset("", multimodal_dataset, horizon=5, progress=False)
+    assert data.num_episodes == 200 and len(data) == 2000 and data.action_names == ["vx", "vy"]
+    last = data.ep_end[0]
+    idx = data.chunk_indices(np.array([0, last - 2, last]))
+    assert idx[0].tolist() == [0, 1, 2, 3, 4]
+    assert idx[1].tolist() == [last - 2, last - 1, last, last, last]
+    assert idx[2].tolist() == [last] * 5
+    batch = data.sample(64, np.random.default_rng(0), with_critic_targets=True)
+    assert batch.chunk.shape == (64, 5, 2) and batch.rewards.shape == (64, 5) and batch.mask.shape == (64,)
+
+
+def test_critic_targets_stop_at_a_terminal_episode_end(multimodal_dataset):
+    data = ChunkDataset("", multimodal_dataset, horizon=5, progress=False)
+    last = int(data.ep_end[0])
+    # Reward 1 only on the episode's last frame, which is also terminal (next.done).
+    b = data.batch_at(np.array([last - 2, 0]), with_critic_targets=True)
+    assert b.rewards[0].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0] and b.mask[0] == 0.0
+    assert b.rewards[1].sum() == 0.0 and b.mask[1] == 1.0
+
+
+def test_fixed_seed_reproduces_a_run_and_resume_continues_it_exactly(multimodal_dataset, tmp_path):
+    a = _weights(_train(multimodal_dataset, tmp_path / "a", "--steps", "30"))
+    b = _weights(_train(multimodal_dataset, tmp_path / "b", "--steps", "30"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    _train(multimodal_dataset, tmp_path / "c", "--steps", "20")
+    c = _weights(_train(multimodal_dataset, tmp_path / "c", "--steps", "30", "--resume"))
+    assert all(np.array_equal(a[k], c[k]) for k in a)
+    other = _weights(_train(multimodal_dataset, tmp_path / "d", "--steps", "30", "--seed", "1"))
+    assert not all(np.array_equal(a[k], other[k]) for k in a)
+    log = (tmp_path / "c" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and len(log) == 1 + 6  # steps 5..30, none twice after resume
+    assert (tmp_path / "c" / "curves.png").stat().st_size > 1000
+
+
+def test_critic_trains_and_exports_best_of_n(multimodal_dataset, tmp_path):
+    ckpt = _train(multimodal_dataset, tmp_path / "q", "--steps", "10", "--critic")
+    assert main(["export", str(ckpt), str(tmp_path / "q.onnx")]) == 0
+    rt = PolicyRuntime(tmp_path / "q.onnx")
+    assert rt.meta.has_critic and rt.meta.num_samples == 16
+    res = rt.act(np.zeros(2, np.float32), None, np.random.default_rng(0))
+    np.testing.assert_array_equal(res.chunk, res.candidates[res.q.argmax()])
+    assert main(["export", str(ckpt), str(tmp_path / "p.onnx"), "--no-critic"]) == 0
+    assert not PolicyRuntime(tmp_path / "p.onnx").meta.has_critic
+
+
+def test_image_dataset_trains_exports_and_runs(image_dataset, tmp_path):
+    ckpt = _train(image_dataset, tmp_path / "img", "--steps", "3", "--image-size", "24,24")
+    assert main(["export", str(ckpt), str(tmp_path / "img.onnx"), "--num-samples", "2"]) == 0
+    rt = PolicyRuntime(tmp_path / "img.onnx")
+    assert rt.camera_names == ["front"] and rt.meta.cameras[0].height == 24
+    img = np.full((24, 24, 3), 128, np.uint8)
+    res = rt.act(np.zeros(3, np.float32), {"front": img}, np.random.default_rng(0))
+    assert res.chunk.shape == (5, 2) and np.isfinite(res.chunk).all()
+
+
+def test_missing_state_key_is_refused_with_the_available_features(multimodal_dataset):
+    with pytest.raises(DatasetError, match=r"no state feature 'observation.foo'.*observation.state"):
+        ChunkDataset("", multimodal_dataset, horizon=5, state_keys=["observation.foo"], progress=False)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dfp_ros.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_user_errors_exit_nonzero_with_one_clear_line(multimodal_dataset, tmp_path):
+    ckpt = _train(multimodal_dataset, tmp_path / "run", "--steps", "2")
+    (ckpt / "model.safetensors").write_bytes(b"not safetensors at all")
+    (tmp_path / "foreign.onnx").write_bytes(b"\x08\x07garbage")
+    cases = [
+        (["train", "--root", str(tmp_path / "nope"), "--steps", "1"], "no LeRobot dataset at"),
+        (["train", "--root", str(multimodal_dataset), "--state-keys", "observation.foo", "--steps", "1",
+          "--output", str(tmp_path / "x")], "no state feature 'observation.foo'"),
+        (["export", str(ckpt), str(tmp_path / "m.onnx")], "is corrupted"),
+        (["export", str(tmp_path / "nockpt"), str(tmp_path / "m.onnx")], "does not exist"),
+        (["check", str(tmp_path / "foreign.onnx")], "not a loadable ONNX model"),
+    ]
+    for args, message in cases:
+        r = _cli(*args)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
