@@ -1,0 +1,1 @@
+"""Simulated robot: OGBench cube scenes, their scripted expert, demonstration datasets, evaluation."""

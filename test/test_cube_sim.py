@@ -1,0 +1,213 @@
+"""The simulated robot (OGBench cube scene), its oracle, oracle datasets and the evaluator."""
+
+from __future__ import annotations
+
+import os
+
+# Read by huggingface_hub when it is first imported: local datasets must never reach for the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ogbench", reason="the simulator needs ogbench and mujoco (training profile)")
+
+from dfp_ros.sim.cube_env import ACTION_NAMES, CubeSim
+from dfp_ros.sim.evaluate import evaluate
+
+UR5E_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
+               "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
+
+
+@pytest.fixture(scope="module")
+def sim() -> CubeSim:
+    s = CubeSim("cube-single-v0", task_id=1, seed=0)
+    yield s
+    s.close()
+
+
+def _render_or_skip(size: int = 64) -> tuple[CubeSim, np.ndarray]:
+    s = CubeSim(render=True, image_size=size)
+    s.reset()
+    try:
+        return s, s.render()
+    except RuntimeError as err:
+        s.close()
+        pytest.skip(f"no off-screen rendering here (needs Debian libegl1, libgl1; MUJOCO_GL=egl): {err}")
+
+
+def test_shapes_limits_and_names(sim: CubeSim) -> None:
+    assert sim.env_id == "cube-single-singletask-task1-v0"
+    assert (sim.state_dim, sim.action_dim) == (28, 5)
+    assert sim.fps == pytest.approx(20.0)
+    assert sim.max_episode_steps == 200
+    np.testing.assert_array_equal(sim.action_low, -np.ones(5, np.float32))
+    np.testing.assert_array_equal(sim.action_high, np.ones(5, np.float32))
+    assert sim.joint_names[:6] == UR5E_JOINTS
+    assert len(sim.joint_names) == 7 and "driver" in sim.joint_names[6]  # the Robotiq gripper joint
+    assert len(sim.state_names) == 28 and len(set(sim.state_names)) == 28
+    assert sim.state_names[0] == "shoulder_pan_joint.pos" and sim.state_names[19] == "cube0.x"
+    assert sim.action_names == list(ACTION_NAMES)
+
+    state = sim.reset(seed=3)
+    assert state.shape == (28,) and state.dtype == np.float32
+    # The first six state numbers are the arm's joint positions: the same as read from MuJoCo.
+    np.testing.assert_allclose(state[:6], sim.joint_positions()[:6], atol=1e-6)
+    state, reward, terminated, truncated, info = sim.step(np.zeros(5))
+    assert state.shape == (28,) and isinstance(reward, float)
+    assert isinstance(info["success"], bool) and not (terminated or truncated)
+    assert sim.joint_positions().shape == (7,)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(4), np.zeros((1, 5)), np.array([0, 0, np.nan, 0, 0]),
+                                 [0, 0, 0, np.inf, 0], "abcde"])
+def test_bad_action_raises_value_error(sim: CubeSim, bad: object) -> None:
+    sim.reset(seed=0)
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        sim.step(bad)
+
+
+def test_out_of_range_action_is_clipped_not_rejected(sim: CubeSim) -> None:
+    sim.reset(seed=0)
+    sim.step(np.full(5, 7.0))  # a policy overshoot saturates like a real controller
+
+
+def test_same_seed_same_episode(sim: CubeSim) -> None:
+    def roll() -> np.ndarray:
+        sim.reset(seed=11)
+        oracle = sim.oracle(seed=5)
+        oracle.reset()
+        return np.stack([sim.step(oracle.select_action())[0] for _ in range(30)])
+
+    np.testing.assert_array_equal(roll(), roll())
+
+
+def test_step_after_episode_end_raises() -> None:
+    with CubeSim(seed=0) as s:
+        s.reset()
+        for _ in range(s.max_episode_steps):
+            _, _, terminated, truncated, _ = s.step(np.zeros(5))
+            if terminated or truncated:
+                break
+        assert truncated  # doing nothing never succeeds: a time-out at 200 steps
+        with pytest.raises(RuntimeError, match="reset"):
+            s.step(np.zeros(5))
+
+
+def test_oracle_solves_cube_single_task1(sim: CubeSim) -> None:
+    oracle = sim.oracle(noise=0.1, smoothing=0.5, seed=0)
+    state_before = np.random.get_state()[1].copy()
+    successes = 0
+    for ep in range(5):
+        state = sim.reset(seed=100 + ep)
+        oracle.reset(state, sim.info)
+        while True:
+            action = oracle.select_action(state, sim.info)
+            assert action.shape == (5,) and np.all(np.abs(action) <= 1.0)
+            state, _, terminated, truncated, info = sim.step(action)
+            if terminated or truncated:
+                break
+        successes += info["success"]
+    assert successes >= 4, f"oracle succeeded in {successes}/5 episodes"
+    # The oracle's randomness comes from its own stream, not numpy's global one.
+    np.testing.assert_array_equal(np.random.get_state()[1], state_before)
+
+
+def test_oracle_dataset_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("lerobot", reason="writing datasets needs lerobot (training profile)")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from dfp_ros.sim.oracle_demos import collect_oracle_summary
+
+    root = tmp_path / "demos"
+    summary = collect_oracle_summary(root, "local/cube_demo", episodes=2, seed=0, progress=False)
+    assert summary.root == root and summary.successes == 2
+
+    ds = LeRobotDataset("local/cube_demo", root=root)
+    assert ds.num_episodes == 2 and ds.num_frames == summary.frames
+    sim = CubeSim()
+    assert ds.features["observation.state"]["names"] == sim.state_names
+    assert tuple(ds.features["observation.state"]["shape"]) == (28,)
+    assert tuple(ds.features["action"]["shape"]) == (5,)
+    for key in ("next.reward", "next.done", "next.success"):
+        assert key in ds.features
+    assert ds.fps == 20
+    table = ds.hf_dataset.with_format("numpy")
+    ep = np.asarray(table["episode_index"])
+    done = np.asarray(table["next.done"]).reshape(-1)
+    success = np.asarray(table["next.success"]).reshape(-1)
+    for e in (0, 1):
+        # Each episode ends exactly once, at its last frame, and (the oracle being good) in success.
+        assert done[ep == e].sum() == 1 and done[ep == e][-1] and success[ep == e][-1]
+    assert ds[0]["task"] == "cube-single task 1"
+
+    # The first frame is the seeded reset state of episode 0.
+    np.testing.assert_allclose(ds[0]["observation.state"].numpy(), sim.reset(seed=0), atol=1e-6)
+    sim.close()
+
+
+def test_existing_root_is_refused(tmp_path: Path) -> None:
+    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
+
+    with pytest.raises(FileExistsError):
+        collect_oracle_dataset(tmp_path, "local/x", episodes=1, progress=False)
+
+
+def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from dfp_ros.sim.oracle_demos import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "--episodes" in capsys.readouterr().out
+
+
+def test_render_image() -> None:
+    s, img = _render_or_skip(64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 0
+    s.close()
+
+
+def test_render_disabled_says_how() -> None:
+    with CubeSim(render=False) as s, pytest.raises(RuntimeError, match="render=True"):
+        s.render()
+
+
+def test_image_dataset_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("lerobot", reason="writing datasets needs lerobot (training profile)")
+    _render_or_skip(32)[0].close()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from dfp_ros.sim.oracle_demos import IMAGE_KEY, collect_oracle_summary
+
+    root = tmp_path / "img"
+    summary = collect_oracle_summary(root, "local/cube_img", episodes=1, with_images=True, image_size=32,
+                                     progress=False, max_steps=6)
+    assert summary.frames == 6
+    ds = LeRobotDataset("local/cube_img", root=root, video_backend="pyav")  # no system FFmpeg for torchcodec
+    assert ds.num_frames == 6 and IMAGE_KEY in ds.meta.video_keys
+    img = ds[5][IMAGE_KEY]
+    assert tuple(img.shape) == (3, 32, 32)
+
+
+def test_evaluate_executes_whole_chunks() -> None:
+    calls = []
+
+    def still(state: np.ndarray) -> np.ndarray:
+        calls.append(state.shape)
+        return np.zeros((5, 5), np.float32)
+
+    out = evaluate(still, episodes=1, seed=0, chunk_execution=True)
+    assert out == {"success_rate": 0.0, "episodes": 1, "successes": 0, "env_steps": 200}
+    assert len(calls) == 40 and calls[0] == (28,)  # 200 steps / H=5
+
+    calls.clear()
+    out = evaluate(still, episodes=1, seed=0, chunk_execution=False)
+    assert out["env_steps"] == 200 and len(calls) == 200
+
+
+def test_evaluate_rejects_bad_chunks() -> None:
+    with pytest.raises(ValueError, match=r"\[H, 5\]"):
+        evaluate(lambda s: np.zeros((5, 4)), episodes=1)
