@@ -80,11 +80,12 @@ def _prefer_egl() -> None:
 
 _prefer_egl()
 
-import gymnasium
-import numpy as np
-import ogbench.manipspace  # noqa: F401  (registers the cube-* gymnasium ids)
-from ogbench.manipspace import lie
-from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+# These must come after _prefer_egl(): they read MUJOCO_GL when imported.
+import gymnasium  # noqa: E402
+import numpy as np  # noqa: E402
+import ogbench.manipspace  # noqa: E402, F401  (registers the cube-* gymnasium ids)
+from ogbench.manipspace import lie  # noqa: E402
+from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle  # noqa: E402
 
 # OGBench's relative end-effector action, in its own order (ManipSpaceEnv docstring).
 ACTION_NAMES = ("effector_dx", "effector_dy", "effector_dz", "effector_dyaw", "gripper_delta")
