@@ -83,23 +83,20 @@ def drift_loss(
     self_mask[:, :G] = torch.eye(G, device=x.device, dtype=x.dtype) * SELF_MASK
     dist_n = dist_n + self_mask
 
-    total = torch.zeros_like(x_s)
-    rms_per_t = []
-    for r in temperatures:
-        logits = -dist_n / r
-        aff = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(AFFINITY_FLOOR).sqrt()
-        aff = aff * w.unsqueeze(1)
-        a_neg, a_pos = aff[..., :n_neg], aff[..., n_neg:]
-        coeff = torch.cat([-a_neg * a_pos.sum(-1, keepdim=True),
-                           a_pos * a_neg.sum(-1, keepdim=True)], dim=-1)
-        force = coeff @ targets_s - coeff.sum(-1, keepdim=True) * x_s
-        rms = force.pow(2).mean().clamp_min(RMS_FLOOR).sqrt()
-        rms_per_t.append(rms)
-        total = total + force / rms
+    # All temperatures at once ([T, B, G, targets]): one kernel per op instead of one per temperature.
+    # (Built with stack, not a tensor of temperatures: a host-to-device copy would stall a GPU step.)
+    logits = torch.stack([dist_n * (-1.0 / r) for r in temperatures])
+    aff = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(AFFINITY_FLOOR).sqrt()
+    aff = aff * w.unsqueeze(1)
+    a_neg, a_pos = aff[..., :n_neg], aff[..., n_neg:]
+    coeff = torch.cat([-a_neg * a_pos.sum(-1, keepdim=True), a_pos * a_neg.sum(-1, keepdim=True)], dim=-1)
+    force = coeff @ targets_s - coeff.sum(-1, keepdim=True) * x_s  # [T, B, G, D]
+    rms = force.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(RMS_FLOOR).sqrt()
+    total = (force / rms).sum(0)
 
     goal = (x_s + total).detach()
     loss = (gen / coord_scale - goal).pow(2).mean(-1).mean(-1)
     if stats is not None:
-        stats["force_rms"] = torch.stack(rms_per_t).detach()
+        stats["force_rms"] = rms.flatten().detach()
         stats["nearest_pos"] = dist[..., n_neg:].min(-1).values.mean().detach()
     return loss

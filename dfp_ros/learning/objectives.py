@@ -1,7 +1,8 @@
 """Training objectives on a batch: DFP behaviour cloning, the MSE baseline, and the chunk critic.
 
 Each function takes the model and a batch already on the right device, returns a scalar loss and
-a dict of numbers worth logging. Optimiser steps belong to the caller (offline trainer or the
+a dict of 0-d tensors worth logging (tensors, not floats: reading a number off a GPU waits for it,
+so the trainer converts them only on the steps it logs). Optimiser steps belong to the caller (offline trainer or the
 on-robot learner), so both use the same math.
 """
 
@@ -28,29 +29,29 @@ def _positives(model: DFPModel, batch: ChunkBatch) -> torch.Tensor:
 
 
 def drift_bc_loss(model: DFPModel, batch: ChunkBatch, num_gen: int,
-                  temperatures: Sequence[float]) -> tuple[torch.Tensor, dict[str, float]]:
+                  temperatures: Sequence[float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DFP behaviour cloning: G generated chunks per state drift towards the dataset chunk."""
     gen = _generate(model, batch, num_gen)
     pos = _positives(model, batch)
     stats: dict[str, torch.Tensor] = {}
     loss = drift_loss(gen, pos, temperatures=temperatures, stats=stats).mean()
-    info = {"loss": loss.item(), "nearest_pos": stats["nearest_pos"].item()}
-    info.update({f"force_rms_T{t:g}": v.item() for t, v in zip(temperatures, stats["force_rms"], strict=True)})
+    info = {"loss": loss.detach(), "nearest_pos": stats["nearest_pos"]}
+    info.update({f"force_rms_T{t:g}": v for t, v in zip(temperatures, stats["force_rms"], strict=True)})
     return loss, info
 
 
-def mse_bc_loss(model: DFPModel, batch: ChunkBatch, num_gen: int) -> tuple[torch.Tensor, dict[str, float]]:
+def mse_bc_loss(model: DFPModel, batch: ChunkBatch, num_gen: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The regression baseline: the same network and noise input, squared error to the dataset chunk."""
     gen = _generate(model, batch, num_gen)
     pos = _positives(model, batch)
     loss = F.mse_loss(gen, pos.expand_as(gen))
     with torch.no_grad():
         nearest = (gen - pos).norm(dim=-1).mean()
-    return loss, {"loss": loss.item(), "nearest_pos": nearest.item()}
+    return loss, {"loss": loss.detach(), "nearest_pos": nearest}
 
 
 def critic_loss(model: DFPModel, target_critic: ChunkCritic, batch: ChunkBatch, gamma: float,
-                num_samples: int) -> tuple[torch.Tensor, dict[str, float]]:
+                num_samples: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Chunked n-step TD loss; the next chunk is the best of `num_samples` actor samples."""
     assert model.critic is not None and batch.rewards is not None and batch.mask is not None
     with torch.no_grad():
@@ -61,4 +62,4 @@ def critic_loss(model: DFPModel, target_critic: ChunkCritic, batch: ChunkBatch, 
         target = chunk_td_target(batch.rewards, batch.mask, next_q, gamma)
     q = model.critic(batch.state, batch.images, _positives(model, batch)).squeeze(-1)  # [E, B]
     loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q))
-    return loss, {"critic_loss": loss.item(), "q_mean": q.mean().item(), "target_mean": target.mean().item()}
+    return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "target_mean": target.mean()}

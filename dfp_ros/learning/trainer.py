@@ -121,7 +121,7 @@ class Trainer:
         save_checkpoint(folder, self.model, extra, training_state)
         return folder
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
         batch = self.data.sample(self.cfg.batch_size, self.rng,
                                  with_critic_targets=self.model.critic is not None).to(self.device)
         if self.cfg.loss == "drift":
@@ -151,6 +151,7 @@ class Trainer:
                 info = self.train_step()
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    info = {k: float(v) for k, v in info.items()}
                     rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
                     t0, s0 = time.perf_counter(), self.step
                     info["steps_per_s"] = rate

@@ -1,0 +1,28 @@
+# dfp_ros: the README's commands. Every target sets up what it needs first (scripts/setup_env.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test bench lint model setup setup-deploy help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup:  ## full environment: ROS 2 wheels, inference, simulator, training, tests
+	@bash scripts/setup_env.sh full
+
+setup-deploy:  ## inference only (no torch): ROS 2 wheels, ONNX Runtime, OpenCV, simulator
+	@bash scripts/setup_env.sh deploy
+
+demo: setup  ## main job on the simulated robot: expert data -> train -> export -> success rate
+	$(PY) -m dfp_ros.train_demo --output outputs/train_demo
+
+model: setup  ## rebuild the bundled models/cube_single.onnx from scratch
+	$(PY) -m dfp_ros.train_demo --output outputs/bundle --fresh --bundle models/cube_single.onnx
+
+test: setup  ## lint + the whole test suite
+	$(VENV)/bin/ruff check dfp_ros test launch
+	$(PY) -m pytest -q
+
+bench: setup  ## benchmarks (figures for the README's Performance section)
+	$(PY) -m dfp_ros.cli bench train
