@@ -109,3 +109,20 @@ def test_cli_user_errors_exit_nonzero_with_one_clear_line(multimodal_dataset, tm
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2, (args, r.stderr)
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_dataset_by_repo_id_from_the_local_cache(multimodal_dataset, tmp_path):
+    import os
+
+    home = tmp_path / "lerobot_home"
+    (home / "test").mkdir(parents=True)
+    (home / "test" / "multimodal").symlink_to(multimodal_dataset)
+    env = {**os.environ, "HF_LEROBOT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "dfp_ros.cli", "train", "--dataset", "test/multimodal", "--output",
+                        str(tmp_path / "run"), "--steps", "2", *TINY], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2000 frames, 200 episodes" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "dfp_ros.cli", "train", "--dataset", "test/absent", "--output",
+                        str(tmp_path / "run2"), "--steps", "2"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "not in the local LeRobot cache" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "test" / "absent").exists()  # nothing created in the user's cache

@@ -61,9 +61,16 @@ def _feature_names(feature: dict, dim: int) -> list[str]:
 
 def open_lerobot_dataset(repo_id: str, root: str | Path | None):
     """Open a local LeRobot dataset (by root, or by repo id from the user's cache), offline."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.lerobot_dataset import HF_LEROBOT_HOME, LeRobotDataset
 
-    if root is not None and not (Path(root) / "meta" / "info.json").is_file():
+    if root is None:
+        # Check first: lerobot would create an empty folder in the cache, then try the network.
+        cached = Path(HF_LEROBOT_HOME) / repo_id
+        if not (cached / "meta" / "info.json").is_file():
+            raise DatasetError(f"dataset {repo_id!r} is not in the local LeRobot cache ({cached}); dfp reads "
+                               "offline: download it first (huggingface-cli download --repo-type dataset "
+                               f"{repo_id} --local-dir {cached}) or pass --root")
+    elif not (Path(root) / "meta" / "info.json").is_file():
         raise DatasetError(f"no LeRobot dataset at {root} (expected {Path(root) / 'meta' / 'info.json'})")
     try:
         return LeRobotDataset(repo_id or "local/dataset", root=root, video_backend="pyav")
