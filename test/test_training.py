@@ -126,3 +126,9 @@ def test_dataset_by_repo_id_from_the_local_cache(multimodal_dataset, tmp_path):
                         str(tmp_path / "run2"), "--steps", "2"], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "not in the local LeRobot cache" in r.stderr and "Traceback" not in r.stderr
     assert not (home / "test" / "absent").exists()  # nothing created in the user's cache
+
+
+def test_image_keys_empty_trains_on_state_only(image_dataset, tmp_path):
+    ckpt = _train(image_dataset, tmp_path / "s", "--steps", "2", "--image-keys", "")
+    assert main(["export", str(ckpt), str(tmp_path / "s.onnx")]) == 0
+    assert PolicyRuntime(tmp_path / "s.onnx").camera_names == []

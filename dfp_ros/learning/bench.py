@@ -10,7 +10,7 @@ import torch
 from dfp_ros.contracts import ModelMetadata, StateSpec
 from dfp_ros.learning.config import DEFAULT_TEMPERATURES, ModelConfig
 from dfp_ros.learning.dataset import ChunkBatch
-from dfp_ros.learning.drift_loss import drift_loss
+from dfp_ros.learning.drift_loss import drift_loss, enable_compile
 from dfp_ros.learning.model import DFPModel
 from dfp_ros.learning.objectives import drift_bc_loss, mse_bc_loss
 
@@ -65,10 +65,17 @@ def bench_training(device: torch.device, seconds: float = 5.0, batch: int = 256,
         for k, fn in fns.items():
             best[k] = max(best[k], _rate(fn, seconds / 3, device))
     drift, mse, alone = best["drift"], best["mse"], best["alone"]
+    extra = {}
+    if device.type == "cuda":  # the trainer compiles the loss on CUDA; measure that too
+        enable_compile(True)
+        extra = {"drift_bc_compiled_steps_per_s": round(_rate(fns["drift"], seconds, device), 2),
+                 "drift_loss_alone_compiled_per_s": round(_rate(loss_only, seconds, device), 2)}
+        extra["drift_compiled_overhead_pct"] = round(100.0 * (mse / extra["drift_bc_compiled_steps_per_s"] - 1), 1)
+        enable_compile(False)
     return {
         "device": str(device), "batch": batch, "num_gen": num_gen, "hidden": list(hidden),
         "temperatures": list(temperatures), "threads": torch.get_num_threads(),
         "drift_bc_steps_per_s": round(drift, 2), "mse_bc_steps_per_s": round(mse, 2),
         "drift_loss_alone_per_s": round(alone, 2),
-        "drift_overhead_pct": round(100.0 * (mse / drift - 1.0), 1),
+        "drift_overhead_pct": round(100.0 * (mse / drift - 1.0), 1), **extra,
     }

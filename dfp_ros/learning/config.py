@@ -43,7 +43,7 @@ class TrainConfig:
     root: str | None = None
     output: str = "outputs/train"
     state_keys: list[str] = field(default_factory=list)  # empty: taken from the dataset
-    image_keys: list[str] = field(default_factory=list)  # empty: every camera of the dataset
+    image_keys: list[str] | None = None  # None: every camera of the dataset; []: none
     action_key: str = "action"
     image_size: tuple[int, int] = (96, 96)
     steps: int = 20_000
@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 100
     checkpoint_every: int = 5_000
+    compile: bool = True  # torch.compile the drift loss on CUDA
     gamma: float = 0.99
     tau: float = 0.005
     critic_samples: int = 16

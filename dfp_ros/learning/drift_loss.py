@@ -49,7 +49,7 @@ def drift_loss(
     """
     if gen.dim() != 3 or pos.dim() != 3:
         raise ValueError(f"gen and pos must be [B, N, D]; got {tuple(gen.shape)} and {tuple(pos.shape)}")
-    B, G, D = gen.shape
+    B, _, D = gen.shape
     if pos.shape[0] != B or pos.shape[2] != D:
         raise ValueError(f"pos {tuple(pos.shape)} does not match gen {tuple(gen.shape)}")
     if pos.shape[1] == 0:
@@ -65,13 +65,24 @@ def drift_loss(
         raise ValueError(f"neg {tuple(neg.shape)} does not match gen {tuple(gen.shape)}")
 
     # The loss is computed in float32 whatever the input precision.
-    gen = gen.float()
+    w = torch.cat([_weights(weight_gen, gen), _weights(weight_neg, neg), _weights(weight_pos, pos)], 1)
+    core = _compiled_core if _compile_enabled and gen.is_cuda else _drift_core
+    loss, rms, nearest = core(gen.float(), neg.detach().float(), pos.detach().float(), w, tuple(temperatures))
+    if stats is not None:
+        stats["force_rms"] = rms
+        stats["nearest_pos"] = nearest
+    return loss
+
+
+def _drift_core(gen: torch.Tensor, neg: torch.Tensor, pos: torch.Tensor, w: torch.Tensor,
+                temperatures: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DESIGN.md §4 steps 1-8 on validated float32 inputs; returns (loss [B], force_rms [T], nearest_pos)."""
+    _, G, D = gen.shape
     x = gen.detach()
-    w = torch.cat([_weights(weight_gen, x), _weights(weight_neg, neg), _weights(weight_pos, pos)], 1)
-    targets = torch.cat([x, neg.detach().float(), pos.detach().float()], dim=1)  # [B, T, D]
+    targets = torch.cat([x, neg, pos], dim=1)  # [B, targets, D]
     n_neg = G + neg.shape[1]
 
-    sq = (x.unsqueeze(2) - targets.unsqueeze(1)).pow(2).sum(-1)  # [B, G, T]
+    sq = (x.unsqueeze(2) - targets.unsqueeze(1)).pow(2).sum(-1)  # [B, G, targets]
     dist = sq.clamp_min(SQDIST_FLOOR).sqrt()
     # One scale for the whole batch: the weighted mean distance.
     scale = (dist * w.unsqueeze(1)).mean() / w.mean()
@@ -96,7 +107,18 @@ def drift_loss(
 
     goal = (x_s + total).detach()
     loss = (gen / coord_scale - goal).pow(2).mean(-1).mean(-1)
-    if stats is not None:
-        stats["force_rms"] = rms.flatten().detach()
-        stats["nearest_pos"] = dist[..., n_neg:].min(-1).values.mean().detach()
-    return loss
+    nearest = dist[..., n_neg:].min(-1).values.mean().detach()
+    return loss, rms.flatten().detach(), nearest
+
+
+# On a GPU the eager loss is launch-bound (dozens of tiny kernels); torch.compile fuses them.
+_compile_enabled = False
+_compiled_core = None
+
+
+def enable_compile(enabled: bool = True) -> None:
+    """Use a torch.compile'd loss for CUDA tensors (first call compiles, ~a minute)."""
+    global _compile_enabled, _compiled_core
+    _compile_enabled = enabled
+    if enabled and _compiled_core is None:
+        _compiled_core = torch.compile(_drift_core, dynamic=False)

@@ -16,6 +16,7 @@ from dfp_ros.contracts import ModelMetadata
 from dfp_ros.learning.config import ModelConfig, TrainConfig
 from dfp_ros.learning.critic import polyak_update
 from dfp_ros.learning.dataset import ChunkDataset, DatasetError
+from dfp_ros.learning.drift_loss import enable_compile
 from dfp_ros.learning.model import DFPModel, load_checkpoint, load_training_state, save_checkpoint
 from dfp_ros.learning.objectives import critic_loss, drift_bc_loss, mse_bc_loss
 from dfp_ros.learning.training_log import TrainingLog
@@ -61,12 +62,13 @@ class Trainer:
         self.progress = progress
         self.out = Path(cfg.output)
         self.device = select_device(cfg.device)
+        enable_compile(cfg.compile and self.device.type == "cuda")
         seed_everything(cfg.seed)
         if cfg.loss not in ("drift", "mse"):
             raise ValueError(f"loss must be 'drift' or 'mse', got {cfg.loss!r}")
         self.data = ChunkDataset(
             cfg.dataset, cfg.root, horizon=model_cfg.horizon, state_keys=cfg.state_keys or None,
-            image_keys=cfg.image_keys or None, action_key=cfg.action_key, image_size=cfg.image_size,
+            image_keys=cfg.image_keys, action_key=cfg.action_key, image_size=cfg.image_size,
             reward_key=cfg.reward_key, done_key=cfg.done_key, progress=progress)
         if model_cfg.use_critic and not self.data.has_rewards:
             raise DatasetError(f"--critic needs a reward column {cfg.reward_key!r}; the dataset has none")

@@ -1,0 +1,449 @@
+"""`sim_robot_node`: the embedded default robot, a thin ROS 2 shell over `dfp_ros.sim.cube_env.CubeSim`.
+
+An OGBench cube scene (UR5e + Robotiq gripper in MuJoCo) that looks like a robot on the ROS graph.
+All simulation lives in CubeSim; this module only turns messages into arrays and back, and owns
+parameters, timers and QoS (DESIGN.md §2).
+
+Parameters (read-only, declared at start):
+  env_name (str, "cube-single-v0"), task_id (int, 1), seed (int, 0)   which OGBench task, seeded
+  mode (str, "realtime" | "lockstep")                                  how the simulation is stepped
+  rate_hz (float, 20.0)             realtime: wall-clock step rate
+  camera_rate_hz (float, 0.0)       rendered camera frames per second (0 = no camera); realtime: a
+                                    wall-clock timer, lockstep: per simulated second. Software EGL
+                                    takes ~0.1-0.15 s a frame and blocks stepping meanwhile, so keep it low.
+  image_size (int, 96)              square camera image size in pixels
+  command_topic (str, contracts.TOPIC_POLICY_COMMAND)
+  command_type (str, "float64_array" | "joint_trajectory" | "joint_state")   the per-tick command
+                                    form (DESIGN.md §3.2): Float64MultiArray with the 5 action values,
+                                    a one-point JointTrajectory whose joint_names are the action names,
+                                    or a JointState with name = action names and position = values.
+                                    Names may come in any order; empty names mean "in action order".
+  max_episodes (int, 0)             0 = run forever; else exit (code 0) after that many episodes
+  hold_on_missing_command (bool, true)
+                                    realtime: when no fresh command arrived since the last tick, step
+                                    with a zero action ("hold": the actions are end-effector deltas, so
+                                    zero keeps the arm where it is); false = do not step that tick.
+                                    Before the very first command the simulation waits (it does not
+                                    run episodes out on holds while no policy is connected).
+  lockstep_republish_s (float, 1.0) lockstep: if no command arrives for this long, publish the current
+                                    observation again (same stamp), so a policy that missed one cannot
+                                    deadlock the loop; 0 = never.
+
+Stepping:
+  realtime  a steady-clock timer at rate_hz steps once with the newest command not yet used (each
+            command is applied at most once; a newer one arriving first supersedes it). A tick that
+            does not step still publishes the current observation, freshly stamped, as a robot does.
+  lockstep  one step per received command, then the new observation is published at once, so an
+            evaluation runs as fast as the policy answers. /clock carries simulated time (1/fps per
+            step) for nodes with use_sim_time, and observations are stamped with it.
+
+Topics published (contracts.py names):
+  /joint_states          sensor_msgs/JointState: the arm's real joint names, positions, velocities
+  /sim/state             std_msgs/Float32MultiArray: the full state vector (one dim labelled "state")
+  /sim/state_names       std_msgs/String, latched (transient local): JSON list naming /sim/state
+  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS (when camera_rate_hz > 0)
+  /reward                std_msgs/Float32, one per step
+  /episode               std_msgs/String: "start" after each reset, "success" or "timeout" at the end,
+                         then "reset" (followed by the next "start")
+  /clock                 rosgraph_msgs/Clock (lockstep only)
+/joint_states, /sim/state and the camera image of one observation carry the same stamp. The two
+observation topics are reliable and transient-local (depth 1): a node that joins late gets the current
+observation at once, which a lockstep policy needs to make the first move.
+
+Bad commands (wrong length, NaN/inf, unknown or missing names, not one trajectory point) are dropped
+and counted with a throttled warning; they never step the simulation. On shutdown, or when
+max_episodes is reached, the node logs "episodes N, successes K, success rate X" and exits 0.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32, Float32MultiArray, Float64MultiArray, MultiArrayDimension, String
+from trajectory_msgs.msg import JointTrajectory
+
+from dfp_ros import contracts
+from dfp_ros.sim.cube_env import CubeSim
+
+TOPIC_STATE_NAMES = contracts.TOPIC_SIM_STATE + "_names"
+TOPIC_CLOCK = "/clock"  # fixed by ROS (use_sim_time listens here), so not a contract of ours
+
+MODES = ("realtime", "lockstep")
+COMMAND_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory, "joint_state": JointState}
+
+# Latest value matters and late joiners need it now: reliable + transient local, depth 1.
+_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Every message matters (counted by evaluators); deep enough for fast lock-step bursts.
+_EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# ros2_control's controllers subscribe commands reliably; lock-step must not lose one.
+_COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+_WARN_THROTTLE_S = 2.0
+
+
+def _floats32(values: np.ndarray) -> array.array:
+    # Message float arrays are array.array; building one from bytes skips per-element type checks.
+    out = array.array("f")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return out
+
+
+def _floats64(values: np.ndarray) -> array.array:
+    out = array.array("d")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    return out
+
+
+class BadCommand(ValueError):
+    """A command message that cannot be turned into an action; it is dropped, never stepped."""
+
+
+def action_from_names(names: list[str], values: Any, action_names: list[str]) -> np.ndarray:
+    """Order `values` by `names` into `action_names` order (empty names = already in that order)."""
+    vals = np.asarray(values, dtype=np.float64)
+    if not names:
+        return vals
+    if len(names) != len(vals):
+        raise BadCommand(f"{len(names)} names but {len(vals)} values")
+    unknown = sorted(set(names) - set(action_names))
+    missing = [n for n in action_names if n not in names]
+    if unknown or missing or len(set(names)) != len(names):
+        raise BadCommand(f"names {list(names)} do not match the action names {action_names}"
+                         f" (unknown {unknown}, missing {missing})")
+    index = {n: i for i, n in enumerate(names)}
+    return vals[[index[n] for n in action_names]]
+
+
+class SimRobotNode(Node):
+    """ROS interface of one CubeSim; see the module docstring for parameters and topics."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("sim_robot_node", **kwargs)
+        p = self._declare_parameters()
+        self.mode: str = p["mode"]
+        self.max_episodes: int = p["max_episodes"]
+        self.hold_on_missing: bool = p["hold_on_missing_command"]
+
+        self.sim = CubeSim(p["env_name"], task_id=p["task_id"], seed=p["seed"],
+                           render=p["camera_rate_hz"] > 0, image_size=p["image_size"])
+        self.action_names = self.sim.action_names
+        self.joint_names = self.sim.joint_names
+        self._step_ns = round(1e9 / self.sim.fps)
+
+        # Counters (also reported in the summary line).
+        self.episodes = 0
+        self.successes = 0
+        self.total_steps = 0
+        self.dropped = 0
+        self.holds = 0
+        self.superseded = 0
+        self.finished = False  # max_episodes reached: main() stops spinning
+        self._pending: np.ndarray | None = None  # realtime: newest command not yet stepped
+        self._got_command = False
+        self._camera_ok = p["camera_rate_hz"] > 0
+        self._last_image: Image | None = None
+        self._last_obs: tuple[np.ndarray, Time] | None = None  # for re-publishing without a step
+
+        # Publishers.
+        self.pub_joints = self.create_publisher(JointState, contracts.TOPIC_JOINT_STATES, _LATCHED)
+        self.pub_state = self.create_publisher(Float32MultiArray, contracts.TOPIC_SIM_STATE, _LATCHED)
+        self.pub_state_names = self.create_publisher(String, TOPIC_STATE_NAMES, _LATCHED)
+        self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, _EVENTS)
+        self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, _EVENTS)
+        self.pub_image = (self.create_publisher(Image, contracts.TOPIC_SIM_CAMERA, qos_profile_sensor_data)
+                          if self._camera_ok else None)
+        self.pub_clock = self.create_publisher(ClockMsg, TOPIC_CLOCK, _LATCHED) if self.mode == "lockstep" else None
+
+        self.sub_command = self.create_subscription(
+            COMMAND_TYPES[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
+
+        # Timers run on the steady clock: realtime means wall time whatever use_sim_time says.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._steady = steady
+        self._last_command_time = steady.now()
+        if self.mode == "realtime":
+            self.create_timer(1.0 / p["rate_hz"], self._on_tick, clock=steady)
+            if self._camera_ok:
+                self.create_timer(1.0 / p["camera_rate_hz"], self._on_camera_timer, clock=steady)
+        else:
+            # Lock-step renders on simulated time: every k-th step.
+            self._camera_every = max(1, round(self.sim.fps / p["camera_rate_hz"])) if self._camera_ok else 0
+            if p["lockstep_republish_s"] > 0:
+                self._republish_after = Duration(seconds=p["lockstep_republish_s"])
+                self.create_timer(min(0.25, p["lockstep_republish_s"]), self._on_idle_check, clock=steady)
+
+        self.pub_state_names.publish(String(data=json.dumps(self.sim.state_names)))
+        self.get_logger().info(
+            f"{self.sim.env_id} ({self.sim.task}), seed {self.sim.seed}, mode {self.mode}"
+            + (f" at {p['rate_hz']:g} Hz" if self.mode == "realtime" else f", {self.sim.fps:g} steps per sim second")
+            + f"; commands: {p['command_type']} on {self.sub_command.topic_name}"
+            + (f"; camera {p['image_size']}px at {p['camera_rate_hz']:g} Hz" if self._camera_ok else "; no camera")
+            + (f"; stopping after {self.max_episodes} episodes" if self.max_episodes else ""))
+        if self.mode == "realtime":
+            self.get_logger().info("waiting for the first command before stepping")
+        if self.pub_clock is not None:  # sim time starts at 0, latched for nodes that start later
+            self.pub_clock.publish(ClockMsg(clock=self._stamp().to_msg()))
+        self._start_episode(self.sim.reset())
+
+    # --- parameters ---------------------------------------------------------------------------
+    def _declare_parameters(self) -> dict[str, Any]:
+        specs: list[tuple[str, Any, str]] = [
+            ("env_name", "cube-single-v0", "OGBench state-based cube environment"),
+            ("task_id", 1, "OGBench task 1..5"),
+            ("seed", 0, "seed of the first reset"),
+            ("mode", "realtime", "realtime (wall-clock timer) or lockstep (one step per command, /clock)"),
+            ("rate_hz", 20.0, "realtime step rate"),
+            ("camera_rate_hz", 0.0, "camera frames per second; 0 = no camera"),
+            ("image_size", 96, "square camera image size in pixels"),
+            ("command_topic", contracts.TOPIC_POLICY_COMMAND, "per-tick command topic"),
+            ("command_type", "float64_array", "float64_array, joint_trajectory or joint_state"),
+            ("max_episodes", 0, "exit after this many episodes; 0 = run forever"),
+            ("hold_on_missing_command", True, "realtime: step a zero action when no fresh command arrived"),
+            ("lockstep_republish_s", 1.0, "lockstep: republish the observation after this long without a "
+                                          "command; 0 = never"),
+        ]
+        values: dict[str, Any] = {}
+        for name, default, description in specs:
+            # Rates may be written as integers (`rate_hz:=10`, YAML `10`): accept them for float parameters.
+            is_float = isinstance(default, float)
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True,
+                                                                      dynamic_typing=is_float))
+            value = self.get_parameter(name).value
+            if is_float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"parameter {name}={value!r} must be a number")
+                value = float(value)
+            values[name] = value
+        # Reject bad values at start, with the allowed ones named.
+        if values["mode"] not in MODES:
+            raise ValueError(f"parameter mode={values['mode']!r}; expected one of {MODES}")
+        if values["command_type"] not in COMMAND_TYPES:
+            raise ValueError(f"parameter command_type={values['command_type']!r}; "
+                             f"expected one of {tuple(COMMAND_TYPES)}")
+        if not values["rate_hz"] > 0:
+            raise ValueError(f"parameter rate_hz must be > 0, got {values['rate_hz']}")
+        for name in ("camera_rate_hz", "max_episodes", "lockstep_republish_s"):
+            if values[name] < 0:
+                raise ValueError(f"parameter {name} must be >= 0, got {values[name]}")
+        return values
+
+    # --- commands -------------------------------------------------------------------------------
+    def _to_action(self, msg: Any) -> np.ndarray:
+        if isinstance(msg, Float64MultiArray):
+            values = np.asarray(msg.data, dtype=np.float64)
+        elif isinstance(msg, JointTrajectory):
+            if len(msg.points) != 1:
+                raise BadCommand(f"a JointTrajectory command must hold one point, got {len(msg.points)}")
+            values = action_from_names(list(msg.joint_names), msg.points[0].positions, self.action_names)
+        else:
+            values = action_from_names(list(msg.name), msg.position, self.action_names)
+        try:
+            return self.sim.check_action(values)  # length and finiteness, with the expected shape named
+        except ValueError as err:
+            raise BadCommand(str(err)) from None
+
+    def _on_command(self, msg: Any) -> None:
+        if self.finished:
+            return
+        try:
+            action = self._to_action(msg)
+        except BadCommand as err:
+            self.dropped += 1
+            self.get_logger().warning(f"dropped command #{self.dropped}: {err}", throttle_duration_sec=_WARN_THROTTLE_S)
+            return
+        self._last_command_time = self._steady.now()
+        if not self._got_command:
+            self._got_command = True
+            self.get_logger().info("first command received")
+        if self.mode == "lockstep":
+            self._step(action)
+        else:
+            if self._pending is not None:
+                self.superseded += 1
+            self._pending = action
+
+    def _on_tick(self) -> None:
+        if self.finished:
+            return
+        if self._pending is not None:
+            action, self._pending = self._pending, None
+        elif self._got_command and self.hold_on_missing:
+            action = np.zeros(len(self.action_names), dtype=np.float32)
+            self.holds += 1
+        else:
+            # Not stepping this tick, but a robot's state stays live: a policy whose watchdog wants
+            # fresh observations (before its first command, say) must not stall on us.
+            if self._last_obs is not None:
+                self._publish_observation(self._last_obs[0], self.get_clock().now())
+            return
+        self._step(action)
+
+    # --- stepping and episodes ---------------------------------------------------------------------
+    def _stamp(self) -> Time:
+        if self.mode == "lockstep":
+            return Time(nanoseconds=self.total_steps * self._step_ns)
+        return self.get_clock().now()
+
+    def _step(self, action: np.ndarray) -> None:
+        state, reward, terminated, truncated, info = self.sim.step(action)
+        self.total_steps += 1
+        stamp = self._stamp()
+        if self.pub_clock is not None:
+            self.pub_clock.publish(ClockMsg(clock=stamp.to_msg()))
+        self.pub_reward.publish(Float32(data=float(reward)))
+        if not (terminated or truncated):
+            self._publish_observation(state, stamp)
+            return
+        success = bool(info.get("success", False)) or terminated
+        self.episodes += 1
+        self.successes += int(success)
+        self._publish_event("success" if success else "timeout")
+        self.get_logger().info(
+            f"episode {self.episodes} {'success' if success else 'timeout'} after {self.sim.elapsed_steps} steps; "
+            f"successes {self.successes}/{self.episodes} (rate {self.successes / self.episodes:.2f})")
+        if self.max_episodes and self.episodes >= self.max_episodes:
+            self.finished = True
+            return
+        self._publish_event("reset")
+        self._start_episode(self.sim.reset())
+
+    def _start_episode(self, state: np.ndarray) -> None:
+        self._pending = None  # a command meant for the old episode must not move the new one
+        self._publish_event("start")
+        self.get_logger().info(f"episode {self.episodes + 1} start")
+        self._publish_observation(state, self._stamp(), force_image=True)
+
+    def _publish_event(self, event: str) -> None:
+        assert event in contracts.EPISODE_EVENTS
+        self.pub_episode.publish(String(data=event))
+
+    # --- observations ------------------------------------------------------------------------------
+    def _publish_observation(self, state: np.ndarray, stamp: Time, force_image: bool = False) -> None:
+        stamp_msg = stamp.to_msg()
+        self._last_obs = (state, stamp)
+        # Image first: a policy pairing by arrival then finds it when the state arrives.
+        if self.mode == "lockstep" and self._camera_ok and (force_image or self.total_steps % self._camera_every == 0):
+            self._publish_image(stamp)
+        js = JointState()
+        js.header.stamp = stamp_msg
+        js.name = self.joint_names
+        js.position = _floats64(self.sim.joint_positions())
+        info = self.sim.info
+        if "proprio/joint_vel" in info and "proprio/gripper_vel" in info:
+            # OGBench's gripper velocity is that of the same driver joint we publish as the last joint.
+            js.velocity = _floats64(np.concatenate([info["proprio/joint_vel"], info["proprio/gripper_vel"]]))
+        msg = Float32MultiArray()
+        msg.layout.dim = [MultiArrayDimension(label="state", size=int(state.shape[0]), stride=int(state.shape[0]))]
+        msg.data = _floats32(state)
+        self.pub_state.publish(msg)
+        self.pub_joints.publish(js)
+
+    def _publish_image(self, stamp: Time) -> None:
+        if not self._camera_ok or self.pub_image is None:
+            return
+        try:
+            img = self.sim.render()
+        except RuntimeError as err:
+            # No EGL here: say why once and run on without a camera rather than die.
+            self._camera_ok = False
+            self.get_logger().error(f"camera disabled: {err}")
+            return
+        msg = Image()
+        msg.header.stamp = stamp.to_msg()
+        msg.header.frame_id = "camera"
+        msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+        msg.encoding = "rgb8"
+        msg.is_bigendian = 0
+        msg.step = msg.width * 3
+        data = array.array("B")
+        data.frombytes(img.tobytes())
+        msg.data = data
+        self._last_image = msg
+        self.pub_image.publish(msg)
+
+    def _on_camera_timer(self) -> None:
+        if not self.finished:
+            self._publish_image(self.get_clock().now())
+
+    def _on_idle_check(self) -> None:
+        if self.finished or self._steady.now() - self._last_command_time < self._republish_after:
+            return
+        # Nothing happened for a while: re-send the current observation (same stamp) and time.
+        self._last_command_time = self._steady.now()
+        if self._last_obs is None:
+            return
+        state, stamp = self._last_obs
+        if self.pub_clock is not None:
+            self.pub_clock.publish(ClockMsg(clock=stamp.to_msg()))
+        if self._last_image is not None and self.pub_image is not None:
+            self.pub_image.publish(self._last_image)
+        self._publish_observation(state, stamp)
+
+    # --- end ---------------------------------------------------------------------------------------
+    def summary(self) -> str:
+        rate = f"{self.successes / self.episodes:.3f}" if self.episodes else "n/a"
+        return (f"episodes {self.episodes}, successes {self.successes}, success rate {rate}; "
+                f"steps {self.total_steps}, dropped commands {self.dropped}, holds {self.holds}, "
+                f"superseded commands {self.superseded}")
+
+    def flush(self, timeout_s: float = 0.25) -> None:
+        """Give subscribers a moment to acknowledge the last reward/episode messages before the process ends.
+
+        The messages are already sent; this only leaves time for a resend should one have been lost.
+        """
+        try:
+            for pub in (self.pub_reward, self.pub_episode):
+                pub.wait_for_all_acked(Duration(seconds=timeout_s))
+        except Exception:  # a signal may shut the context down meanwhile; we are exiting anyway
+            pass
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node: SimRobotNode | None = None
+    rc = 0
+    try:
+        try:
+            node = SimRobotNode()
+        except ValueError as err:  # a bad parameter value: say which, without a traceback
+            rclpy.logging.get_logger("sim_robot_node").fatal(str(err))
+            rc = 2
+        else:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            while rclpy.ok() and not node.finished:
+                executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C / SIGTERM: fall through to the summary
+    finally:
+        if node is not None:
+            summary = node.summary()
+            logged = False
+            if rclpy.ok():  # finished by max_episodes: the summary also reaches /rosout
+                node.flush()
+                node.get_logger().info(summary)
+                logged = True
+            node.sim.close()
+            node.destroy_node()
+            if not logged:  # stopped by a signal: the context is gone, so log without /rosout
+                rclpy.logging.get_logger("sim_robot_node").info(summary)
+        rclpy.try_shutdown()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

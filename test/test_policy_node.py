@@ -1,0 +1,280 @@
+"""policy_node as a real separate process over DDS, on an isolated graph (test/ros_graph.py).
+
+The test process plays the robot: it publishes /sim/state at 20 Hz and watches ~/action_chunk,
+~/command and /diagnostics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from ros_graph import RosGraph, domain_id, ros_env, start_node, stop
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+NODE = "dfp_ros.nodes.policy_node"
+MODEL = Path(__file__).resolve().parents[1] / "models" / "cube_single.onnx"
+PERIOD = 0.05  # the bundled model's 20 Hz
+STATE_DIM = 28
+
+
+@pytest.fixture(scope="module")
+def model() -> PolicyRuntime:
+    return PolicyRuntime(MODEL, device="cpu")
+
+
+class Robot:
+    """The test's side of the graph: a /sim/state publisher and collectors of the node's outputs."""
+
+    def __init__(self, graph: RosGraph):
+        self.graph = graph
+        self.state_pub = graph.publisher("/sim/state", Float32MultiArray)
+        self.estop_pub = graph.publisher("/estop", Bool)
+        self.chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
+        self.commands = graph.collect("/policy_node/command", Float64MultiArray)
+        self.diag = graph.collect("/diagnostics", DiagnosticArray)
+        self.published: list[tuple[int, float]] = []  # (wall ns, monotonic) of each /sim/state
+        self.rng = np.random.default_rng(0)
+
+    def state(self, nan: bool = False) -> Float32MultiArray:
+        values = self.rng.uniform(-0.5, 0.5, STATE_DIM).astype(np.float32)
+        if nan:
+            values[3] = np.nan
+        return Float32MultiArray(data=values.tolist())
+
+    def feed(self, seconds: float, nan_every: int = 0) -> None:
+        """Publish /sim/state at 20 Hz for `seconds`, spinning in between."""
+        n = 0
+        next_t = time.monotonic()
+        end = next_t + seconds
+        while time.monotonic() < end:
+            self.published.append((time.time_ns(), time.monotonic()))
+            self.state_pub.publish(self.state(nan=bool(nan_every) and n % nan_every == nan_every - 1))
+            n += 1
+            next_t += PERIOD
+            self.graph.spin_until(lambda t=next_t: time.monotonic() >= t, max(0.0, next_t - time.monotonic()))
+
+    def diagnostics(self, timeout: float = 3.0) -> dict[str, str]:
+        """Values of the next policy_node diagnostics message."""
+        n = self.diag.count
+        assert self.diag.wait_for(n + 1, timeout), "no /diagnostics from policy_node"
+        for msg in reversed(self.diag.messages):
+            for status in msg.status:
+                if "policy_node" in status.name:
+                    return {kv.key: kv.value for kv in status.values}
+        raise AssertionError("diagnostics carry no policy_node status")
+
+    def diagnostics_since(self, t: float) -> list[dict[str, str]]:
+        """Values of every policy_node diagnostics message that arrived after monotonic time t."""
+        return [{kv.key: kv.value for kv in st.values}
+                for m, a in zip(self.diag.messages, self.diag.arrivals, strict=True) if a > t
+                for st in m.status if "policy_node" in st.name]
+
+    def call(self, srv_type, name: str, request, timeout: float = 10.0):
+        client = self.graph.node.create_client(srv_type, name)
+        try:
+            assert self.graph.spin_until(client.service_is_ready, timeout), f"service {name} not available"
+            future = client.call_async(request)
+            assert self.graph.spin_until(future.done, timeout), f"service {name} did not answer"
+            return future.result()
+        finally:
+            self.graph.node.destroy_client(client)
+
+    @staticmethod
+    def _set_request(name: str, value: str | bool) -> SetParameters.Request:
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        return SetParameters.Request(parameters=[Parameter(name=name, value=pv)])
+
+    def set_param(self, name: str, value: str | bool):
+        """The `ros2 param set` equivalent: the node's SetParameters service."""
+        return self.call(SetParameters, "/policy_node/set_parameters", self._set_request(name, value)).results[0]
+
+    def set_param_while_feeding(self, name: str, value: str | bool, seconds: float):
+        """Set a parameter while /sim/state keeps flowing (so the watchdog has no reason to stop)."""
+        client = self.graph.node.create_client(SetParameters, "/policy_node/set_parameters")
+        try:
+            assert self.graph.spin_until(client.service_is_ready, 10.0)
+            future = client.call_async(self._set_request(name, value))
+            self.feed(seconds)
+            assert self.graph.spin_until(future.done, 10.0)
+            return future.result().results[0]
+        finally:
+            self.graph.node.destroy_client(client)
+
+    def commands_after(self, t: float) -> list[Float64MultiArray]:
+        return [m for m, a in zip(self.commands.messages, self.commands.arrivals, strict=True) if a > t]
+
+
+@pytest.fixture(scope="module")
+def robot(tmp_path_factory):
+    """One policy node (timer trigger, enabled, watchdog stop) shared by the checks in order."""
+    dom = domain_id()
+    log_dir = tmp_path_factory.mktemp("policy_node")
+    proc = start_node(NODE, {"model_path": str(MODEL), "enabled": True, "watchdog_action": "stop",
+                             "diagnostics_period_s": 0.2, "device": "cpu", "seed": 1}, ros_env(dom), log_dir=log_dir)
+    try:
+        with RosGraph(dom) as graph:
+            r = Robot(graph)
+            r.proc = proc
+            assert graph.wait_matched(r.state_pub, timeout=20.0), f"policy_node did not come up:\n{proc.log()}"
+            assert proc.poll() is None, proc.log()
+            yield r
+    finally:
+        code = stop(proc)
+        print(proc.log())
+        assert code in (0, -2), f"policy_node exited with {code}"
+
+
+def test_closed_loop_chunks_and_commands(robot, model):
+    robot.feed(2.0)
+    assert robot.chunks.count >= 5 and robot.commands.count >= 20, robot.proc.log()
+    meta = model.meta
+    stamps = np.array([ns for ns, _ in robot.published])
+    for chunk in robot.chunks.messages:
+        assert list(chunk.joint_names) == meta.action_names
+        assert len(chunk.points) == meta.horizon
+        for i, p in enumerate(chunk.points):
+            t = p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+            assert t == pytest.approx((i + 1) / meta.fps, abs=1e-6)
+        # Stamped with its observation: the node's receipt time of one of our messages (same clock).
+        stamp = chunk.header.stamp.sec * 10**9 + chunk.header.stamp.nanosec
+        lag = stamp - stamps[stamps <= stamp].max() if (stamps <= stamp).any() else -1
+        assert 0 <= lag < 2 * PERIOD * 1e9, f"chunk stamp {stamp} is not the receipt of an observation (lag {lag} ns)"
+    low, high = np.array(meta.action_low), np.array(meta.action_high)
+    for cmd in robot.commands.messages:
+        a = np.array(cmd.data)
+        assert a.shape == (meta.action_dim,) and np.isfinite(a).all()
+        assert (a >= low - 1e-9).all() and (a <= high + 1e-9).all()
+    # Commands follow the control rate (20 Hz) while observations flow.
+    gaps = np.diff(robot.commands.arrivals[-20:])
+    assert np.median(gaps) == pytest.approx(PERIOD, abs=0.01)
+    diag = robot.diagnostics()
+    assert diag["torch_imported"] == "false"
+    assert diag["model_sha256"] == model.sha256
+    assert float(diag["inference_latency_p99_ms"]) < 100
+    assert float(diag["control_rate_hz"]) == pytest.approx(20.0, rel=0.15)
+
+
+def test_watchdog_stops_commands_and_resumes(robot):
+    robot.feed(0.5)
+    last_pub = robot.published[-1][1]
+    robot.graph.spin_for(1.0)
+    late = [a for a in robot.commands.arrivals if a > last_pub + 2 * PERIOD + 0.02]
+    assert not late, f"{len(late)} commands more than 2 periods after the last observation"
+    diag = robot.diagnostics()
+    assert diag["watchdog"] == "stale" and diag["safety_state"] == "stale_stop"
+    t = time.monotonic()
+    robot.feed(0.6)
+    assert len(robot.commands_after(t)) >= 5, "commands did not resume with observations"
+    # Read while observations flowed: once they stop, the watchdog is right to say stale again.
+    assert any(d["watchdog"] == "ok" for d in robot.diagnostics_since(t))
+
+
+def test_nan_state_dropped_counted_never_commanded(robot):
+    before = int(robot.diagnostics().get("dropped_non_finite", "0"))
+    t = time.monotonic()
+    robot.feed(1.0, nan_every=2)  # every other message carries a NaN
+    cmds = robot.commands_after(t)
+    assert cmds, "the good half of the messages should still drive commands"
+    assert all(math.isfinite(x) for c in cmds for x in c.data)
+    after = int(robot.diagnostics()["dropped_non_finite"])
+    assert after - before >= 8
+    assert robot.proc.poll() is None
+    assert "dropped a message from /sim/state (non_finite)" in robot.proc.log()
+
+
+def test_estop_latches_until_enabled(robot):
+    robot.feed(0.3)
+    robot.estop_pub.publish(Bool(data=True))
+    t = time.monotonic()
+    robot.feed(0.2)
+    robot.estop_pub.publish(Bool(data=False))  # releasing the button does not re-enable
+    robot.feed(0.8)
+    # "At once": allow for the e-stop message's own trip and a loaded 2-core machine.
+    assert not robot.commands_after(t + 0.15), "commands after the e-stop"
+    assert robot.diagnostics()["estop"] == "true"
+    resp = robot.call(SetBool, "/policy_node/enable", SetBool.Request(data=True))
+    assert resp.success and "e-stop cleared" in resp.message
+    t = time.monotonic()
+    robot.feed(0.6)
+    assert len(robot.commands_after(t)) >= 5
+
+
+def test_dry_run_publishes_chunks_not_commands(robot):
+    assert robot.set_param("dry_run", True).successful
+    robot.feed(0.2)
+    t = time.monotonic()
+    chunks_before = robot.chunks.count
+    robot.feed(1.0)
+    assert robot.chunks.count - chunks_before >= 2
+    assert not robot.commands_after(t + 0.15)
+    assert robot.set_param("dry_run", False).successful
+
+
+def test_broken_model_refused_old_keeps_running(robot, model, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx model")
+    robot.feed(0.3)
+    result = robot.set_param("model_path", str(broken))
+    assert not result.successful and "broken.onnx" in result.reason and "not a loadable ONNX model" in result.reason
+    missing = robot.set_param("model_path", str(tmp_path / "nope.onnx"))
+    assert not missing.successful and "does not exist" in missing.reason
+    t = time.monotonic()
+    robot.feed(0.6)
+    assert len(robot.commands_after(t)) >= 5
+    diag = robot.diagnostics()
+    assert diag["model_sha256"] == model.sha256 and "refused" in diag["model_event"]
+
+
+def test_valid_model_swap_keeps_ticking(robot, model, tmp_path):
+    # The same model from another path: swapped between ticks without missing commands.
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(MODEL.read_bytes())
+    robot.feed(0.3)
+    t = time.monotonic()
+    assert robot.set_param_while_feeding("model_path", str(copy), 0.7).successful
+    arrivals = [a for a in robot.commands.arrivals if a > t]
+    assert len(arrivals) >= 10
+    assert max(np.diff(arrivals)) < 2.5 * PERIOD, "a swap cost more than one control tick"
+    assert str(copy) in robot.diagnostics()["model_source"]
+
+
+def test_lockstep_one_command_per_observation(tmp_path):
+    """trigger=observation: each observation gets exactly one command, promptly (lock-step eval)."""
+    dom = domain_id(offset=37)  # its own graph: its topics must not reach the shared node above
+    proc = start_node(NODE, {"model_path": str(MODEL), "enabled": True, "trigger": "observation", "device": "cpu"},
+                      ros_env(dom), log_dir=tmp_path)
+    try:
+        with RosGraph(dom) as graph:
+            r = Robot(graph)
+            assert graph.wait_matched(r.state_pub, timeout=20.0), proc.log()
+            assert graph.spin_until(lambda: r.commands.subscription.get_publisher_count() >= 1, 10.0)
+            waits = []
+            for i in range(12):
+                t = time.monotonic()
+                r.state_pub.publish(r.state())
+                assert r.commands.wait_for(i + 1, timeout=2.0), f"no command for observation {i}:\n{proc.log()}"
+                waits.append(time.monotonic() - t)
+            graph.spin_for(0.2)
+            assert r.commands.count == 12  # one per observation, none from a timer
+            assert r.chunks.count == 3  # H = 5: re-planned at observations 0, 5, 10
+            print("lockstep waits ms", np.round(np.array(waits) * 1e3, 1))
+            assert np.median(waits) < 0.02, f"lock-step answers too slowly: {waits}"
+    finally:
+        stop(proc)
