@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from dfp_ros.cli import main as dfp
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
     from dfp_ros.sim.evaluate import evaluate
-    from dfp_ros.sim.oracle_demos import collect_oracle_summary
+    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
 
     out = Path(a.output)
     if a.fresh and out.exists():
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "meta" / "info.json").is_file():
         if data.exists():  # an interrupted collection: start it again
             shutil.rmtree(data)
-        s = collect_oracle_summary(data, "dfp_ros/cube_single_oracle", a.episodes, task_id=a.task_id, seed=a.seed)
+        s = collect_oracle_dataset(data, "dfp_ros/cube_single_oracle", a.episodes, task_id=a.task_id, seed=a.seed)
         print(f"[1/4] {s.episodes} expert episodes ({s.successes} successful, {s.frames} frames) -> {data}")
     else:
         print(f"[1/4] reusing dataset {data}")

@@ -119,10 +119,10 @@ def test_oracle_dataset_round_trip(tmp_path: Path) -> None:
     pytest.importorskip("lerobot", reason="writing datasets needs lerobot (training profile)")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from dfp_ros.sim.oracle_demos import collect_oracle_summary
+    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
 
     root = tmp_path / "demos"
-    summary = collect_oracle_summary(root, "local/cube_demo", episodes=2, seed=0, progress=False)
+    summary = collect_oracle_dataset(root, "local/cube_demo", episodes=2, seed=0, progress=False)
     assert summary.root == root and summary.successes == 2
 
     ds = LeRobotDataset("local/cube_demo", root=root)
@@ -180,10 +180,10 @@ def test_image_dataset_round_trip(tmp_path: Path) -> None:
     _render_or_skip(32)[0].close()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from dfp_ros.sim.oracle_demos import IMAGE_KEY, collect_oracle_summary
+    from dfp_ros.sim.oracle_demos import IMAGE_KEY, collect_oracle_dataset
 
     root = tmp_path / "img"
-    summary = collect_oracle_summary(root, "local/cube_img", episodes=1, with_images=True, image_size=32,
+    summary = collect_oracle_dataset(root, "local/cube_img", episodes=1, with_images=True, image_size=32,
                                      progress=False, max_steps=6)
     assert summary.frames == 6
     ds = LeRobotDataset("local/cube_img", root=root, video_backend="pyav")  # no system FFmpeg for torchcodec

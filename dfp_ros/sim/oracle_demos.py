@@ -81,33 +81,12 @@ def collect_oracle_dataset(
     image_size: int = 96,
     progress: bool = True,
     max_steps: int | None = None,
-) -> Path:
+) -> CollectSummary:
     """Write `episodes` oracle demonstrations (episode i reset with seed + i) to a new dataset at root.
 
     Every episode is kept, failed ones too (their `next.success` stays False); the success count is
     logged. `max_steps` cuts episodes shorter than the env's time limit (for quick tests).
-    Returns the dataset root.
     """
-    return collect_oracle_summary(root, repo_id, episodes, env_name=env_name, task_id=task_id, seed=seed,
-                                  noise=noise, smoothing=smoothing, with_images=with_images,
-                                  image_size=image_size, progress=progress, max_steps=max_steps).root
-
-
-def collect_oracle_summary(
-    root: Path,
-    repo_id: str,
-    episodes: int,
-    env_name: str = "cube-single-v0",
-    task_id: int = 1,
-    seed: int = 0,
-    noise: float = 0.1,
-    smoothing: float = 0.5,
-    with_images: bool = False,
-    image_size: int = 96,
-    progress: bool = True,
-    max_steps: int | None = None,
-) -> CollectSummary:
-    """`collect_oracle_dataset`, returning counts as well as the root."""
     # Imported here so the simulator and evaluation work in the deploy profile, which has no lerobot.
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
@@ -211,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    s = collect_oracle_summary(args.root, args.repo_id, args.episodes, env_name=args.env, task_id=args.task,
+    s = collect_oracle_dataset(args.root, args.repo_id, args.episodes, env_name=args.env, task_id=args.task,
                                seed=args.seed, noise=args.noise, smoothing=args.smoothing,
                                with_images=args.images, image_size=args.image_size,
                                progress=not args.quiet, max_steps=args.max_steps)
