@@ -55,6 +55,8 @@ setup(
     entry_points={
         "console_scripts": [
             "dfp = dfp_ros.cli:main",
+            "policy_node = dfp_ros.nodes.policy_node:main",
+            "sim_robot_node = dfp_ros.nodes.sim_robot_node:main",
         ],
     },
 )

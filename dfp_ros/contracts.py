@@ -99,6 +99,7 @@ class ContractError(ValueError):
 # --- Topics (DESIGN.md §3.2); all remappable --------------------------------------------------
 TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_SIM_STATE = "/sim/state"  # std_msgs/Float32MultiArray: the simulator's full state vector
+TOPIC_SIM_STATE_NAMES = "/sim/state_names"  # std_msgs/String, latched: JSON list naming /sim/state
 TOPIC_SIM_CAMERA = "/sim/camera/image_raw"
 TOPIC_POLICY_COMMAND = "/policy_node/command"  # the policy node's ~/command under its default name
 TOPIC_POLICY_CHUNK = "/policy_node/action_chunk"

@@ -79,7 +79,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dfp_ros import contracts
 from dfp_ros.sim.cube_env import CubeSim
 
-TOPIC_STATE_NAMES = contracts.TOPIC_SIM_STATE + "_names"
+TOPIC_STATE_NAMES = contracts.TOPIC_SIM_STATE_NAMES
 TOPIC_CLOCK = "/clock"  # fixed by ROS (use_sim_time listens here), so not a contract of ours
 
 MODES = ("realtime", "lockstep")
