@@ -97,17 +97,20 @@ class ContractError(ValueError):
 
 
 # --- Topics (DESIGN.md §3.2); all remappable --------------------------------------------------
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_SIM_STATE = "/sim/state"  # std_msgs/Float32MultiArray: the simulator's full state vector
-TOPIC_SIM_STATE_NAMES = "/sim/state_names"  # std_msgs/String, latched: JSON list naming /sim/state
-TOPIC_SIM_CAMERA = "/sim/camera/image_raw"
-TOPIC_POLICY_COMMAND = "/policy_node/command"  # the policy node's ~/command under its default name
-TOPIC_POLICY_CHUNK = "/policy_node/action_chunk"
-TOPIC_CAMERA = "/camera/camera/color/image_raw"
-TOPIC_REWARD = "/reward"
-TOPIC_EPISODE = "/episode"
-TOPIC_ESTOP = "/estop"
+# Relative names: in the root namespace they resolve to the absolute names of DESIGN.md §3.2
+# ("joint_states" -> /joint_states); under a launch `namespace` every robot gets its own set, which
+# is how several robots run side by side. /diagnostics is global by ROS convention.
+TOPIC_JOINT_STATES = "joint_states"
+TOPIC_SIM_STATE = "sim/state"  # std_msgs/Float32MultiArray: the simulator's full state vector
+TOPIC_SIM_STATE_NAMES = "sim/state_names"  # std_msgs/String, latched: JSON list naming sim/state
+TOPIC_SIM_CAMERA = "sim/camera/image_raw"
+TOPIC_POLICY_COMMAND = "policy_node/command"  # the policy node's ~/command under its default name
+TOPIC_POLICY_CHUNK = "policy_node/action_chunk"
+TOPIC_CAMERA = "camera/camera/color/image_raw"
+TOPIC_REWARD = "reward"
+TOPIC_EPISODE = "episode"
+TOPIC_ESTOP = "estop"
 TOPIC_DIAGNOSTICS = "/diagnostics"
-TOPIC_MODEL_UPDATE = "/dfp/model_update"
+TOPIC_MODEL_UPDATE = "dfp/model_update"
 
 EPISODE_EVENTS = ("start", "success", "failure", "timeout", "reset")

@@ -96,9 +96,12 @@ def start_node(
     *,
     remap: Mapping[str, str] | None = None,
     log_dir: str | Path | None = None,
+    params_file: str | Path | None = None,
 ) -> NodeProcess:
-    """Start `python -m module --ros-args -p k:=v ... -r from:=to ...` as a separate process."""
+    """Start `python -m module --ros-args [--params-file F] -p k:=v ... -r from:=to ...` as a process."""
     cmd = [sys.executable, "-m", module, "--ros-args"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
     for name, value in (params or {}).items():
         cmd += ["-p", _param_arg(name, value)]
     for src, dst in (remap or {}).items():
