@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench lint model setup setup-deploy help
+.PHONY: demo train-demo test bench model setup setup-deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,7 +14,10 @@ setup:  ## full environment: ROS 2 wheels, inference, simulator, training, tests
 setup-deploy:  ## inference only (no torch): ROS 2 wheels, ONNX Runtime, OpenCV, simulator
 	@bash scripts/setup_env.sh deploy
 
-demo: setup  ## main job on the simulated robot: expert data -> train -> export -> success rate
+demo: setup-deploy  ## main job: simulated robot + policy node (bundled model) over ROS 2, 20 episodes
+	$(PY) -m dfp_ros.live_demo --episodes 20
+
+train-demo: setup  ## the offline pipeline: expert data -> dfp train -> dfp export -> success rate in the sim
 	$(PY) -m dfp_ros.train_demo --output outputs/train_demo
 
 model: setup  ## rebuild the bundled models/cube_single.onnx from scratch

@@ -1,0 +1,17 @@
+"""Closed loop over DDS: simulated robot + policy node (bundled model) as separate processes."""
+
+from __future__ import annotations
+
+from ros_graph import domain_id
+
+from dfp_ros.live_demo import run_demo
+
+
+def test_bundled_model_succeeds_in_lockstep_episodes_without_torch(tmp_path):
+    r = run_demo(episodes=20, mode="lockstep", seed=0, timeout_s=300, domain=domain_id(offset=53),
+                 log_dir=tmp_path, progress=False)
+    assert r["episodes"] == 20
+    assert r["success_rate"] >= 0.8, r
+    assert r["torch_imported_in_policy"] == "false"
+    assert r["exit_codes"] == {"sim_robot_node": 0, "policy_node": 0}, r
+    assert r["inference_latency_p50_ms"] > 0 and r["control_rate_hz"] > 0
