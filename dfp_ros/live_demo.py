@@ -92,7 +92,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, on_diag, 10)
 
-    logs = {name: open(log_dir / f"{name}.log", "w") for name in ("sim_robot_node", "policy_node")}  # noqa: SIM115
+    logs = {name: open(log_dir / f"{name}.log", "w") for name in ("sim_robot_node", "policy_node")}
     procs: dict[str, subprocess.Popen] = {}
     t0 = time.monotonic()
     bar = tqdm(total=episodes, desc=f"live demo ({mode})", unit="ep", disable=not progress)
