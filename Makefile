@@ -24,7 +24,7 @@ model: setup  ## rebuild the bundled models/cube_single.onnx from scratch
 	$(PY) -m dfp_ros.train_demo --output outputs/bundle --fresh --bundle models/cube_single.onnx
 
 test: setup  ## lint + the whole test suite
-	$(VENV)/bin/ruff check dfp_ros test
+	$(VENV)/bin/ruff check dfp_ros test launch
 	$(PY) -m pytest -q
 
 bench: setup  ## benchmarks (figures for the README's Performance section)

@@ -13,10 +13,9 @@ launch_testing = pytest.importorskip(
     "launch_testing", reason="ROS 2 `launch_testing` is not installable from PyPI; runs on a full ROS 2 install")
 pytest.importorskip("launch_ros", reason="ROS 2 `launch_ros` is not installed")
 
+from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-
-from launch import LaunchDescription  # noqa: E402
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "policy.launch.py"
 

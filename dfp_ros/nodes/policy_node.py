@@ -9,10 +9,13 @@ Data flow: observation topics -> ObservationAssembler (newest message per source
 messages dropped and counted) -> inference thread (PolicyRuntime.act, seeded numpy eps) ->
 `~/action_chunk` + ChunkQueue -> control tick (one action per tick) -> SafetyFilter -> `~/command`.
 
-Threads: inference runs on its own Python thread (ONNX Runtime releases the GIL), never on the
-control timer, so a slow inference cannot delay a tick; the control timer, the observation
-subscriptions, diagnostics, model updates and the parameter service each have their own callback
-group on a MultiThreadedExecutor, so loading a new model never blocks a tick either.
+Threads: control ticks run on their own thread (a deadline loop at `control_rate_hz`), inference on
+another (ONNX Runtime releases the GIL), and the ROS callbacks (observations, e-stop, enable,
+parameters, model updates, diagnostics) on a SingleThreadedExecutor. So neither a slow inference
+nor loading a new model (in the parameter callback) can delay a tick. Why not a timer in its own
+callback group on a MultiThreadedExecutor: with this rclpy (Kilted, PyPI wheels) that executor was
+measured to deliver subscription messages late (~100 ms, or only at the next timer event) and so
+tripped the 2-period watchdog; the single-threaded executor delivers in < 1 ms.
 
 Triggers (`trigger`):
 - "timer": ticks at `control_rate_hz`; a re-plan is requested every `replan_every` ticks or when
@@ -31,6 +34,28 @@ when the new one is refused):
   message whose bytes do not hash to the label is refused.
 A new model must have the same state layout, cameras and action names as the running one (the
 subscriptions and limits are built from them); otherwise restart the node with it.
+
+Parameters (* = may be changed on a running node; the rest are read at start):
+  model_path*            ONNX model (default: the bundled models/cube_single.onnx, from the package's
+                         share dir under colcon, else the source tree)
+  device                 auto | cpu | cuda          num_samples  candidates per inference (0 = model's)
+  seed                   numpy generator for eps    control_rate_hz  (default: the model's fps)
+  trigger                timer | observation        replan_every*  ticks (default: the model's H)
+  queue_low*             re-plan when fewer actions remain (default 1: when empty)
+  merge                  newest | ensemble          ensemble_k*  w_i = exp(-k i), i = 0 oldest chunk
+  command_type           float64_array | joint_trajectory | joint_state
+  action_low, action_high  per-action limits (default: the model's action range)
+  max_delta*             max change per tick (0 = off)
+  max_obs_age_s*         older observations are stale (0 = two control periods)
+  watchdog_action*       stop (publish nothing) | hold (repeat the last command) while stale
+  enabled*               start commanding (default false; ~/enable(true) also clears an e-stop)
+  dry_run*               compute and publish chunks, never commands
+  state_topics, state_types, state_keys   one entry per state source (types float32_array |
+                         joint_state; key '' = the model's only state key); default one
+                         Float32MultiArray source on sim/state (see runtime/observation.py for the mapping)
+  camera.<name>.topic, camera.<name>.compressed   per model camera (Image or CompressedImage)
+  episode_topic          std_msgs/String episode events; an episode's end clears the queue ('' = off)
+  diagnostics_period_s
 
 Timing: message freshness (watchdog, `max_obs_age_s`) is judged on the node's monotonic receipt
 time; chunk stamps are the observation's stamp (header stamp, or the ROS clock at receipt for
@@ -51,12 +76,12 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, UInt8MultiArray
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -78,9 +103,9 @@ NODE_NAME = "policy_node"
 BUNDLED_MODEL = "cube_single.onnx"
 COMMAND_TYPES = ("float64_array", "joint_trajectory", "joint_state")
 TRIGGERS = ("timer", "observation")
-# Parameters read once at start; changing them on a running node is refused with this reason.
-RUNTIME_CHANGEABLE = {"model_path", "enabled", "dry_run", "watchdog_action", "max_obs_age_s", "max_delta",
-                      "ensemble_k", "replan_every", "queue_low", "diagnostics_period_s"}
+# Parameters a running node accepts; changing any other is refused ("read at start only").
+RUNTIME_CHANGEABLE = {"use_sim_time", "model_path", "enabled", "dry_run", "watchdog_action", "max_obs_age_s",
+                      "max_delta", "ensemble_k", "replan_every", "queue_low"}
 
 
 def default_model_path() -> str:
@@ -173,6 +198,8 @@ class PolicyNode(Node):
             compressed = self.declare_parameter(f"camera.{cam.name}.compressed", False).value
             cam_cfg[cam.name] = (topic, compressed)
         diag_period = self.declare_parameter("diagnostics_period_s", 1.0).value
+        episode_topic = self.declare_parameter("episode_topic", contracts.TOPIC_EPISODE, ParameterDescriptor(
+            description="std_msgs/String episode events; an episode's end clears the queue ('' = off)")).value
 
         # --- check the configuration before building anything ---------------------------------
         for name, value, allowed in (("merge", merge, MERGE_RULES), ("command_type", command_type, COMMAND_TYPES),
@@ -209,7 +236,7 @@ class PolicyNode(Node):
         self._dropped: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=500)
         self._tick_times: deque[float] = deque(maxlen=100)
-        self._ticks = self._commands = self._chunks = 0
+        self._ticks = self._commands = self._chunks = self._missed_ticks = 0
         self._ticks_since_plan = 10**9  # plan at the first chance
         self._plan_due = False
         self._tick_due = False
@@ -218,7 +245,7 @@ class PolicyNode(Node):
         self._last_model_event = "started"
 
         # --- interfaces -------------------------------------------------------------------------
-        self._control_group = MutuallyExclusiveCallbackGroup()
+        # Separate groups keep these independent if the node is composed into a multi-threaded executor.
         self._obs_group = MutuallyExclusiveCallbackGroup()
         self._ops_group = MutuallyExclusiveCallbackGroup()  # e-stop, enable: never behind observations
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -250,6 +277,8 @@ class PolicyNode(Node):
 
         self.create_subscription(Bool, contracts.TOPIC_ESTOP, self._on_estop, 10, callback_group=self._ops_group)
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._ops_group)
+        if episode_topic:
+            self.create_subscription(String, episode_topic, self._on_episode, 10, callback_group=self._ops_group)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(UInt8MultiArray, contracts.TOPIC_MODEL_UPDATE, self._on_model_update, latched,
@@ -260,10 +289,10 @@ class PolicyNode(Node):
         self._wake = threading.Event()
         self._worker = threading.Thread(target=self._work, name="policy_inference", daemon=True)
         self._worker.start()
-        self._control_timer = None
+        self._control = None
         if self._trigger == "timer":
-            self._control_timer = self.create_timer(self._period, self._on_control_timer,
-                                                    callback_group=self._control_group)
+            self._control = threading.Thread(target=self._control_loop, name="policy_control", daemon=True)
+            self._control.start()
         self._diag_timer = self.create_timer(diag_period, self._publish_diagnostics, callback_group=self._diag_group)
         self.get_logger().info(
             f"ready: model sha256 {runtime.sha256[:12]} on {runtime.providers[0]}, {meta.horizon}x{meta.action_dim} "
@@ -318,7 +347,7 @@ class PolicyNode(Node):
             elif p.name == "watchdog_action" and p.value not in WATCHDOG_ACTIONS:
                 return SetParametersResult(successful=False,
                                            reason=f"watchdog_action must be one of {WATCHDOG_ACTIONS}")
-            elif p.name in ("max_obs_age_s", "max_delta", "diagnostics_period_s") and float(p.value) < 0:
+            elif p.name in ("max_obs_age_s", "max_delta") and float(p.value) < 0:
                 return SetParametersResult(successful=False, reason=f"{p.name} must be >= 0")
             elif p.name in ("replan_every", "queue_low") and int(p.value) < (1 if p.name == "replan_every" else 0):
                 return SetParametersResult(successful=False, reason=f"{p.name} out of range")
@@ -462,6 +491,14 @@ class PolicyNode(Node):
                 self.get_logger().warning("e-stop released; still latched until ~/enable (true)",
                                        throttle_duration_sec=5.0)
 
+    def _on_episode(self, msg: String) -> None:
+        # Actions planned in the episode that just ended are meaningless after the reset: drop them
+        # and plan from the next observation (what the offline evaluator does with a chunk's rest).
+        if msg.data in ("success", "failure", "timeout", "reset"):
+            with self._lock:
+                self._queue.clear()
+                self._ticks_since_plan = 10**9
+
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         with self._lock:
             message = self._safety.enable(bool(request.data))
@@ -538,8 +575,25 @@ class PolicyNode(Node):
         return msg
 
     # --- control ---------------------------------------------------------------------------------------
-    def _on_control_timer(self) -> None:
-        self._tick()
+    def _control_loop(self) -> None:
+        """Tick at control rate against absolute deadlines (no drift); a late tick is not made up twice."""
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            deadline += self._period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            elif delay < -self._period:
+                missed = int(-delay / self._period)
+                with self._lock:
+                    self._missed_ticks += missed
+                deadline += missed * self._period  # resynchronise instead of bursting
+            if self._stop.is_set():
+                break
+            try:
+                self._tick()
+            except Exception as e:  # a bug in one tick must not end control; the log says what broke
+                self.get_logger().error(f"control tick: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
 
     def _tick(self) -> None:
         with self._tick_lock:
@@ -619,6 +673,7 @@ class PolicyNode(Node):
                 "dry_run": self._dry_run,
                 "trigger": self._trigger,
                 "ticks": self._ticks,
+                "missed_ticks": self._missed_ticks,
                 "commands_published": self._commands,
                 "chunks_published": self._chunks,
                 "actions_skipped": self._queue.skipped,
@@ -646,6 +701,8 @@ class PolicyNode(Node):
         self._stop.set()
         self._wake.set()
         self._worker.join(timeout=2.0)
+        if self._control is not None:
+            self._control.join(timeout=2.0)
         super().destroy_node()
 
 
@@ -666,7 +723,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()  # see the module docstring for why not MultiThreadedExecutor
     executor.add_node(node)
     try:
         executor.spin()
