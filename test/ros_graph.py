@@ -56,6 +56,8 @@ def ros_env(domain: int | None = None, base: Mapping[str, str] | None = None) ->
 def _param_arg(name: str, value: Any) -> str:
     # --ros-args parses values as YAML: spell bools/floats so they keep their type, quote strings
     # that YAML would otherwise read as another type ("1", "true", "1e3").
+    if isinstance(value, (list, tuple)):
+        return f"{name}:=[{', '.join(_param_arg('x', v)[3:] for v in value)}]"
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, float):

@@ -76,6 +76,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -698,10 +699,12 @@ class PolicyNode(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._worker.join(timeout=2.0)
-        if self._control is not None:
+        # Also called on a node whose __init__ failed half-way (rclpy shuts its nodes down).
+        if hasattr(self, "_worker"):
+            self._stop.set()
+            self._wake.set()
+            self._worker.join(timeout=2.0)
+        if getattr(self, "_control", None) is not None:
             self._control.join(timeout=2.0)
         super().destroy_node()
 
@@ -718,7 +721,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     try:
         node = PolicyNode()
-    except (ContractError, ValueError) as e:
+    except (ContractError, ValueError, InvalidParameterTypeException) as e:
         # A node without a valid model or configuration must not start half-way.
         print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
         rclpy.try_shutdown()
