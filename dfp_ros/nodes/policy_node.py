@@ -268,12 +268,9 @@ class PolicyNode(Node):
             self.get_logger().info(f"state source {src.topic} ({src.type}) -> {src.key}")
         for cam, (topic, compressed) in cam_cfg.items():
             # Sensor-data QoS (best effort, shallow): a late frame is worth less than the next one.
-            if compressed:
-                self.create_subscription(CompressedImage, topic, self._make_compressed_cb(cam),
-                                         qos_profile_sensor_data, callback_group=self._obs_group)
-            else:
-                self.create_subscription(Image, topic, self._make_image_cb(cam), qos_profile_sensor_data,
-                                         callback_group=self._obs_group)
+            self.create_subscription(CompressedImage if compressed else Image, topic,
+                                     self._make_image_cb(cam, compressed), qos_profile_sensor_data,
+                                     callback_group=self._obs_group)
             self.get_logger().info(f"camera {cam} <- {topic}{' (compressed)' if compressed else ''}")
 
         self.create_subscription(Bool, contracts.TOPIC_ESTOP, self._on_estop, 10, callback_group=self._ops_group)
@@ -447,26 +444,17 @@ class PolicyNode(Node):
 
         return cb
 
-    def _make_image_cb(self, cam: str):
-        def cb(msg: Image) -> None:
+    def _make_image_cb(self, cam: str, compressed: bool):
+        def decode(msg: Image | CompressedImage) -> np.ndarray:
+            if compressed:
+                return decode_compressed(msg.format, msg.data)
+            return decode_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+
+        def cb(msg: Image | CompressedImage) -> None:
             stamp = _stamp_ns(msg.header.stamp) or self._now_ns()
             try:
                 # Decoding happens outside the lock: it is the slow part and touches no shared state.
-                rgb = decode_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-                with self._lock:
-                    self._asm.put_image(cam, rgb, stamp, time.monotonic())
-            except ObservationError as e:
-                self._drop(e, f"camera {cam}")
-                return
-            self._accepted(None)
-
-        return cb
-
-    def _make_compressed_cb(self, cam: str):
-        def cb(msg: CompressedImage) -> None:
-            stamp = _stamp_ns(msg.header.stamp) or self._now_ns()
-            try:
-                rgb = decode_compressed(msg.format, msg.data)
+                rgb = decode(msg)
                 with self._lock:
                     self._asm.put_image(cam, rgb, stamp, time.monotonic())
             except ObservationError as e:
