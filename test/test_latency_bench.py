@@ -1,0 +1,47 @@
+"""`dfp bench latency` runs end to end in a real ROS graph and prints its figures as the last line.
+
+Short measurements (2 s each) on purpose: this checks the benchmark works and reports every figure,
+not the timing goals — those are the benchmark's to report (README, Performance), not a test's to assert.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+pytest.importorskip("torch", reason="the bench builds its two models with torch (training profile)")
+
+from ros_graph import domain_id
+
+POSITIVE = ("latency_p50_ms", "latency_p99_ms", "latency_max_ms", "inference_p50_ms", "inference_p99_ms",
+            "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "node_tick_jitter_p50_ms", "node_tick_jitter_p99_ms",
+            "command_rate_hz", "cpu_pct_latency_run", "cpu_pct_jitter_run", "peak_rss_mb",
+            "machine_busy_pct_latency_run", "machine_busy_pct_jitter_run", "chunks", "commands")
+
+
+def test_bench_latency_reports_every_figure(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "dfp_ros.cli", "bench", "latency", "--duration", "2", "--warmup", "0.5",
+           "--work-dir", str(tmp_path), "--domain", str(domain_id(61))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    lines = proc.stdout.strip().splitlines()
+    res = json.loads(lines[-1])  # the contract: the JSON line comes last
+    assert "goals" in proc.stdout and "state (best-of-16)" in proc.stdout  # the readable table came before it
+    assert res["machine"]["cpu_count"] >= 1
+    for model in ("state", "image"):
+        figures = res[model]
+        for key in POSITIVE:
+            value = figures[key]
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (model, key, value)
+        assert isinstance(figures["missed_ticks"], int) and figures["missed_ticks"] >= 0, figures["missed_ticks"]
+        assert figures["chunks_with_repeated_stamp"] >= 0
+    assert isinstance(res["busy_runs"], list)
+    assert len(res["goals"]) == 6
+    for label, goal in res["goals"].items():
+        assert isinstance(goal["met"], bool), label
+        assert math.isfinite(goal["value"]) and goal["value"] > 0, label
