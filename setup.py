@@ -17,6 +17,7 @@ TRAIN = [
     "matplotlib>=3.7", "tensorboard>=2.14",
 ]
 DEV = ["pytest>=8", "ruff>=0.6"]
+REALSENSE = ["pyrealsense2>=2.54"]
 
 setup(
     name=PACKAGE,
@@ -39,12 +40,12 @@ setup(
         "ros": ROS,
         "sim": SIM,
         "train": TRAIN,
-        "realsense": ["pyrealsense2>=2.54"],
+        "realsense": REALSENSE,
         # Replace onnxruntime by onnxruntime-gpu (pip uninstall onnxruntime first: both provide the
         # same module) for the CUDA / TensorRT execution providers.
         "gpu": ["onnxruntime-gpu>=1.17"],
         "dev": DEV,
-        "all": ROS + SIM + TRAIN + DEV,
+        "all": ROS + SIM + TRAIN + REALSENSE + DEV,
     },
     zip_safe=True,
     maintainer="dfp_ros developers",
@@ -57,6 +58,10 @@ setup(
             "dfp = dfp_ros.cli:main",
             "policy_node = dfp_ros.nodes.policy_node:main",
             "sim_robot_node = dfp_ros.nodes.sim_robot_node:main",
+            "collect_node = dfp_ros.nodes.collect_node:main",
+            "oracle_teleop_node = dfp_ros.nodes.oracle_teleop_node:main",
+            "joy_teleop_node = dfp_ros.nodes.joy_teleop_node:main",
+            "realsense_node = dfp_ros.nodes.realsense_node:main",
         ],
     },
 )

@@ -1,0 +1,120 @@
+"""OGBench's scripted cube expert acting on the simulator's *published* state vector only.
+
+`CubeSim.oracle()` reads the planner's inputs from the live MuJoCo model (its `info` dict and the
+target mocap bodies). A teleop node on the ROS graph has no such access; it sees the 28-number
+`sim/state`. Everything the planner reads is in that vector (OGBench's `compute_observation`
+layout): effector position (scaled by 10 around (0.425, 0, 0)), effector yaw as cos/sin, gripper
+opening (x 3), and per cube its position (same scaling), quaternion and yaw as cos/sin. The only
+other inputs are the task's goal - fixed per OGBench single task (goal_xyzs, yaw 0), so read once
+from a CubeSim of the same task that is never stepped - and the plan clock, which advances one
+control period per action issued (what OGBench's `info["time"]` does per step).
+
+So the demonstrations depend on nothing but what a real robot would publish, plus the task
+definition. (The state is float32 on the wire; the planner's arithmetic in float64 differs from the
+in-process oracle by ~1e-7 m, far below its own noise.) Noise is OGBench's plan noise with the
+datasets' defaults (0.1, smoothing 0.5), drawn from a private seeded stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# OGBench CubeEnv.compute_observation constants.
+_XYZ_CENTER = np.array([0.425, 0.0, 0.0])
+_XYZ_SCALER = 10.0
+_GRIPPER_SCALER = 3.0
+_SUCCESS_RADIUS = 0.04  # m, OGBench's cube success threshold
+# Layout: 6 joint pos, 6 joint vel, effector xyz (12:15), yaw cos/sin (15:17), gripper opening (17),
+# gripper contact (18), then per cube 9 numbers: xyz, quat wxyz, yaw cos, yaw sin.
+_EFF, _YAW, _GRIP, _CUBES, _PER_CUBE = slice(12, 15), slice(15, 17), 17, 19, 9
+
+
+def info_from_state(state: np.ndarray, num_cubes: int, time_s: float) -> dict[str, Any]:
+    """The `info` keys OGBench's plan oracle reads, rebuilt from a published state vector."""
+    s = np.asarray(state, dtype=np.float64)
+    if s.shape != (_CUBES + _PER_CUBE * num_cubes,):
+        raise ValueError(f"state has shape {s.shape}; expected ({_CUBES + _PER_CUBE * num_cubes},) for "
+                         f"{num_cubes} cube(s)")
+    info: dict[str, Any] = {
+        "proprio/effector_pos": s[_EFF] / _XYZ_SCALER + _XYZ_CENTER,
+        "proprio/effector_yaw": np.array([np.arctan2(s[_YAW][1], s[_YAW][0])]),
+        "proprio/gripper_opening": np.array([s[_GRIP] / _GRIPPER_SCALER]),
+        "time": np.array([time_s]),
+    }
+    for i in range(num_cubes):
+        c = s[_CUBES + _PER_CUBE * i: _CUBES + _PER_CUBE * (i + 1)]
+        info[f"privileged/block_{i}_pos"] = c[0:3] / _XYZ_SCALER + _XYZ_CENTER
+        info[f"privileged/block_{i}_quat"] = c[3:7]
+        info[f"privileged/block_{i}_yaw"] = np.array([np.arctan2(c[8], c[7])])
+    return info
+
+
+class StateOracle:
+    """OGBench `CubePlanOracle` for one cube task, driven by published states (see module doc).
+
+    Call `reset()` at an episode's start, then `act(state)` once per control step.
+    """
+
+    def __init__(self, env_name: str = "cube-single-v0", task_id: int = 1, noise: float = 0.1,
+                 smoothing: float = 0.5, seed: int = 0) -> None:
+        from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+
+        from dfp_ros.sim.cube_env import CubeSim
+
+        if noise < 0 or smoothing < 0:
+            raise ValueError(f"noise and smoothing must be >= 0, got {noise}, {smoothing}")
+        # Only the task definition and OGBench's action scaling are read from this env; it never steps.
+        self._sim = CubeSim(env_name, task_id=task_id, seed=seed)
+        self.num_cubes = self._sim.num_cubes
+        self.state_dim = self._sim.state_dim
+        self.dt = 1.0 / self._sim.fps
+        self.targets = [self._sim.cube_target(i) for i in range(self.num_cubes)]
+        self._low, self._high = self._sim.action_low, self._sim.action_high
+        self._planner = CubePlanOracle(env=self._sim.env, segment_dt=0.4, noise=float(noise),
+                                       noise_smoothing=float(smoothing))
+        self._rng_state = np.random.RandomState(seed).get_state()
+        self._steps = 0
+        self._target: int | None = None
+        self.episodes = 0
+
+    def close(self) -> None:
+        self._sim.close()
+
+    def reset(self) -> None:
+        """A new episode: plan afresh from the next state."""
+        self._steps = 0
+        self._target = None
+
+    def cube_successes(self, info: dict[str, Any]) -> list[bool]:
+        return [bool(np.linalg.norm(info[f"privileged/block_{i}_pos"] - pos) <= _SUCCESS_RADIUS)
+                for i, (pos, _) in enumerate(self.targets)]
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        """The next action (float32 [5], within the limits) for this published state."""
+        info = info_from_state(state, self.num_cubes, self._steps * self.dt)
+        ok = self.cube_successes(info)
+        if self._target is None or (self._planner.done and not all(ok)):
+            self._plan(state, info, ok)
+        a = np.asarray(self._planner.select_action(state, info), dtype=np.float32)
+        self._steps += 1
+        return np.clip(a, self._low, self._high)
+
+    def _plan(self, state: np.ndarray, info: dict[str, Any], ok: list[bool]) -> None:
+        off = [i for i, good in enumerate(ok) if not good]
+        self._target = off[0] if off else 0
+        pos, yaw = self.targets[self._target]
+        goal = dict(info)
+        goal["privileged/target_task"] = "cube"
+        goal["privileged/target_block"] = self._target
+        goal["privileged/target_block_pos"] = pos
+        goal["privileged/target_block_yaw"] = np.array([yaw])
+        # The planner samples keyframes and noise from numpy's global RNG: swap a private stream in.
+        saved = np.random.get_state()
+        np.random.set_state(self._rng_state)
+        try:
+            self._planner.reset(state, goal)
+        finally:
+            self._rng_state = np.random.get_state()
+            np.random.set_state(saved)

@@ -1,0 +1,122 @@
+"""`joy_teleop_node`: a gamepad or SpaceMouse (sensor_msgs/Joy from the standard `joy` /
+`spacenav` drivers) as the robot's teleoperation command, for recording demonstrations.
+
+Publishes std_msgs/Float64MultiArray on `command_topic` (default policy_node/command, which
+sim_robot_node steps on and collect_node records) at `rate_hz`, mapped by `dfp_ros.data.teleop.JoyMapping`
+from the newest Joy message: per action an axis (`axes`, -1 none) times `scales` after a dead zone,
+plus buttons (`buttons_plus` / `buttons_minus` add +-`button_values`), clipped to `action_low` /
+`action_high`. Nothing moves unless `deadman_button` is held (-1 = no dead-man: not for real robots);
+released, or with no Joy message for `joy_timeout_s`, it publishes `released` = zero (hold, for
+delta actions) or none (nothing). A Joy message that lacks a configured axis/button is dropped with
+a throttled warning. Defaults: an Xbox-style pad (Linux `joy` layout) on the simulator's 5
+end-effector deltas - left stick up/down = x, left/right = y, right stick up/down = z, left/right =
+yaw, A / B = gripper close / open - with LB (button 4) as the dead-man; config/collect.yaml lists them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Joy
+from std_msgs.msg import Float64MultiArray
+
+from dfp_ros import contracts
+from dfp_ros.data.teleop import JoyMapping
+
+NODE_NAME = "joy_teleop_node"
+
+
+class JoyTeleopNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        d = self.declare_parameter
+        self.mapping = self._mapping()
+        joy_topic = d("joy_topic", "joy").value
+        command_topic = d("command_topic", contracts.TOPIC_POLICY_COMMAND).value
+        rate = d("rate_hz", 20.0).value
+        self.joy_timeout_s = d("joy_timeout_s", 0.5).value
+        if rate <= 0:
+            raise ValueError(f"rate_hz must be > 0, got {rate}")
+        self._last_joy: Joy | None = None
+        self._last_joy_time = None
+        self.commands = 0
+        self.dropped = 0
+        self.pub = self.create_publisher(Float64MultiArray, command_topic,
+                                         QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        # The joy driver publishes with the default (reliable) QoS; best effort here matches it and any other.
+        self.create_subscription(Joy, joy_topic, self._on_joy,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.create_timer(1.0 / rate, self._on_tick)
+        self.get_logger().info(f"{self.resolve_topic_name(joy_topic)} -> {self.pub.topic_name} at {rate:g} Hz, "
+                               f"dead-man button {self.mapping.deadman_button}")
+
+    def _mapping(self) -> JoyMapping:
+        d = self.declare_parameter
+        return JoyMapping(
+            axis=list(d("axes", [1, 0, 4, 3, -1]).value),
+            scale=list(d("scales", [1.0, 1.0, 1.0, 1.0, 1.0]).value),
+            low=list(d("action_low", [-1.0] * 5).value),
+            high=list(d("action_high", [1.0] * 5).value),
+            plus=list(d("buttons_plus", [-1, -1, -1, -1, 0]).value),
+            minus=list(d("buttons_minus", [-1, -1, -1, -1, 1]).value),
+            button_value=list(d("button_values", [1.0] * 5).value),
+            deadzone=d("deadzone", 0.1).value,
+            deadman_button=d("deadman_button", 4, ParameterDescriptor(
+                description="button to hold for any motion (-1 = none)")).value,
+            released=d("released", "zero", ParameterDescriptor(description="zero | none")).value,
+        )
+
+    def _on_joy(self, msg: Joy) -> None:
+        self._last_joy = msg
+        self._last_joy_time = self.get_clock().now()
+
+    def _on_tick(self) -> None:
+        msg = self._last_joy
+        fresh = (msg is not None and
+                 (self.get_clock().now() - self._last_joy_time).nanoseconds * 1e-9 <= self.joy_timeout_s)
+        if not fresh:
+            action = self.mapping.released_action()
+        else:
+            try:
+                action = self.mapping.map(list(msg.axes), list(msg.buttons))
+            except ValueError as err:
+                self.dropped += 1
+                self.get_logger().warning(f"dropped a Joy message: {err}", throttle_duration_sec=2.0)
+                return
+        if action is None:
+            return
+        self.pub.publish(Float64MultiArray(data=[float(x) for x in action]))
+        self.commands += 1
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node: JoyTeleopNode | None = None
+    rc = 0
+    try:
+        try:
+            node = JoyTeleopNode()
+        except ValueError as err:
+            rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
+            rc = 2
+        else:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            rclpy.logging.get_logger(NODE_NAME).info(f"commands {node.commands}, dropped joy messages {node.dropped}")
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""`realsense_node`: an Intel RealSense camera (pyrealsense2) on ROS 2, for users without realsense-ros.
+
+The policy and collect nodes work the same with realsense-ros; this node publishes the same topic
+names by default (realsense-ros 4.x with camera_namespace = camera_name = "camera"), relative so a
+launch namespace prefixes them:
+
+  camera/camera/color/image_raw                     sensor_msgs/Image rgb8 (reliable, depth 5, as realsense-ros)
+  camera/camera/color/camera_info                   sensor_msgs/CameraInfo
+  camera/camera/depth/image_rect_raw                sensor_msgs/Image 16UC1, mm (enable_depth, align_depth false)
+  camera/camera/depth/camera_info
+  camera/camera/aligned_depth_to_color/image_raw    16UC1 aligned to colour (enable_depth and align_depth)
+  camera/camera/aligned_depth_to_color/camera_info  (the colour intrinsics)
+
+Frame ids are `<camera_name>_color_optical_frame` / `<camera_name>_depth_optical_frame`. An image and its
+CameraInfo carry the same stamp: the ROS clock when the frameset arrived (`timestamp_source: ros`),
+or the frame's own timestamp (`frame`: the device's or the recording's clock, in ms).
+
+Parameters (read at start): serial_no ('' = the only / first device), playback_file (a .bag or, for
+recordings made with librealsense >= 2.58, a rosbag2 .db3: played instead of a device), loop_playback,
+color_width / color_height / color_fps, enable_depth, align_depth, depth_width / depth_height /
+depth_fps, camera_namespace, camera_name, timestamp_source, frame_timeout_s (no frames for this long:
+the device is considered gone), reconnect_period_s, wait_for_device (false: exit with an error when
+no device is connected at start; true: wait for one).
+
+Errors: no device at start (or not the one with serial_no) -> a fatal log naming the connected
+serial numbers and exit code 1; a missing playback file -> exit code 1. A device that stops
+delivering (unplugged) -> a warning, then a reconnect attempt every reconnect_period_s; publishing
+resumes when it is back. A played file without loop_playback ends the node with code 0.
+
+The capture loop runs on its own thread (wait_for_frames blocks); publishing from it is safe in rclpy.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+
+NODE_NAME = "realsense_node"
+TIMESTAMP_SOURCES = ("ros", "frame")
+
+
+class DeviceError(RuntimeError):
+    """No usable camera (or file); the node exits with code 1."""
+
+
+def camera_info_from_intrinsics(intr: Any, frame_id: str) -> CameraInfo:
+    """sensor_msgs/CameraInfo from pyrealsense2 intrinsics (pinhole; K, P, and D as realsense-ros fills them)."""
+    info = CameraInfo()
+    info.header.frame_id = frame_id
+    info.width, info.height = int(intr.width), int(intr.height)
+    model = str(intr.model).rsplit(".", 1)[-1]
+    info.distortion_model = "equidistant" if model.startswith("kannala") else "plumb_bob"
+    info.d = [float(c) for c in intr.coeffs]
+    fx, fy, cx, cy = float(intr.fx), float(intr.fy), float(intr.ppx), float(intr.ppy)
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def image_msg(data: np.ndarray, encoding: str, frame_id: str) -> Image:
+    msg = Image()
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(data.shape[0]), int(data.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(data.strides[0])
+    buf = array.array("B")
+    buf.frombytes(np.ascontiguousarray(data).tobytes())  # bytes -> array: no per-element checks
+    msg.data = buf
+    return msg
+
+
+class RealSenseNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        d = self.declare_parameter
+        self.serial = str(d("serial_no", "").value)
+        self.playback_file = d("playback_file", "").value
+        self.loop = d("loop_playback", True).value
+        self.color = (d("color_width", 640).value, d("color_height", 480).value, d("color_fps", 30).value)
+        self.enable_depth = d("enable_depth", False).value
+        self.align_depth = d("align_depth", True).value
+        self.depth = (d("depth_width", 640).value, d("depth_height", 480).value, d("depth_fps", 30).value)
+        ns = d("camera_namespace", "camera").value
+        name = d("camera_name", "camera").value
+        self.ts_source = d("timestamp_source", "ros").value
+        self.frame_timeout_s = d("frame_timeout_s", 2.0).value
+        self.reconnect_period_s = d("reconnect_period_s", 1.0).value
+        self.wait_for_device = d("wait_for_device", False).value
+        if self.ts_source not in TIMESTAMP_SOURCES:
+            raise ValueError(f"timestamp_source={self.ts_source!r} is not one of {TIMESTAMP_SOURCES}")
+        if self.playback_file and not os.path.isfile(self.playback_file):
+            raise DeviceError(f"playback_file {self.playback_file!r} does not exist")
+
+        import pyrealsense2 as rs  # imported here so a missing libusb is reported as the node's error
+
+        self.rs = rs
+        prefix = f"{ns}/{name}".strip("/")
+        self.color_frame = f"{name}_color_optical_frame"
+        self.depth_frame = f"{name}_depth_optical_frame"
+        # Reliable, like realsense-ros' default: best-effort and reliable subscribers both match (a
+        # recorder that must not lose frames subscribes reliably; a policy with sensor-data QoS).
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_color = self.create_publisher(Image, f"{prefix}/color/image_raw", qos)
+        self.pub_color_info = self.create_publisher(CameraInfo, f"{prefix}/color/camera_info", 10)
+        depth_topic = "aligned_depth_to_color" if self.align_depth else "depth"
+        depth_image = "image_raw" if self.align_depth else "image_rect_raw"
+        self.pub_depth = (self.create_publisher(Image, f"{prefix}/{depth_topic}/{depth_image}", qos)
+                          if self.enable_depth else None)
+        self.pub_depth_info = (self.create_publisher(CameraInfo, f"{prefix}/{depth_topic}/camera_info", 10)
+                               if self.enable_depth else None)
+
+        self.finished = False
+        self.exit_code = 0
+        self.published = 0
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._pipeline: Any = None
+        self._info: dict[str, CameraInfo] = {}
+        self._last_numbers: dict[str, int] = {}
+        self._align = rs.align(rs.stream.color) if self.enable_depth and self.align_depth else None
+        try:
+            self._open()  # raises DeviceError: no device, wrong serial, bad profile
+        except DeviceError as err:
+            if not self.wait_for_device or self.playback_file:
+                raise
+            self.get_logger().warning(f"{err}; waiting for one (wait_for_device)")
+        self._thread = threading.Thread(target=self._capture_loop, name="realsense_capture", daemon=True)
+        self._thread.start()
+
+    # --- device ------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        rs = self.rs
+        cfg = rs.config()
+        if self.playback_file:
+            cfg.enable_device_from_file(self.playback_file, repeat_playback=bool(self.loop))
+            # A recording holds its own profiles; enable_stream would have to match them exactly.
+            what = f"file {self.playback_file}"
+        else:
+            serials = [dev.get_info(rs.camera_info.serial_number) for dev in rs.context().query_devices()]
+            if not serials:
+                raise DeviceError("no RealSense device is connected (check the USB cable, `rs-enumerate-devices`, "
+                                  "and that libusb-1.0-0 is installed); or set playback_file to play a recording")
+            if self.serial and self.serial not in serials:
+                raise DeviceError(f"no RealSense device with serial_no {self.serial!r}; connected: {serials}")
+            if self.serial:
+                cfg.enable_device(self.serial)
+            w, h, fps = self.color
+            cfg.enable_stream(rs.stream.color, int(w), int(h), rs.format.rgb8, int(fps))
+            if self.enable_depth:
+                dw, dh, dfps = self.depth
+                cfg.enable_stream(rs.stream.depth, int(dw), int(dh), rs.format.z16, int(dfps))
+            what = f"device {self.serial or serials[0]}"
+        pipeline = rs.pipeline()
+        try:
+            profile = pipeline.start(cfg)
+        except RuntimeError as err:
+            raise DeviceError(f"cannot start {what}: {err}") from err
+        if self.playback_file:
+            profile.get_device().as_playback().set_real_time(True)  # play at the recorded rate
+        self._info.clear()
+        for s in profile.get_streams():
+            vs = s.as_video_stream_profile()
+            if s.stream_type() == rs.stream.color:
+                self._info["color"] = camera_info_from_intrinsics(vs.get_intrinsics(), self.color_frame)
+            elif s.stream_type() == rs.stream.depth:
+                self._info["depth"] = camera_info_from_intrinsics(vs.get_intrinsics(), self.depth_frame)
+        if "color" not in self._info:
+            pipeline.stop()
+            raise DeviceError(f"{what} has no colour stream")
+        self._pipeline = pipeline
+        self._last_numbers.clear()
+        streams = ", ".join(f"{k} {v.width}x{v.height}" for k, v in self._info.items())
+        self.get_logger().info(f"{'playing' if self.playback_file else 'streaming from'} {what}: {streams}")
+
+    def _close(self) -> None:
+        if self._pipeline is not None:
+            try:
+                self._pipeline.stop()
+            except RuntimeError:
+                pass
+            self._pipeline = None
+
+    # --- capture ----------------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        timeout_ms = int(self.frame_timeout_s * 1000)
+        while not self._stop.is_set():
+            if self._pipeline is None:
+                try:
+                    self._open()
+                    self.reconnects += 1
+                    self.get_logger().info("camera back: publishing again")
+                except DeviceError as err:
+                    self.get_logger().warning(f"reconnecting: {err}", throttle_duration_sec=10.0)
+                    self._stop.wait(self.reconnect_period_s)
+                    continue
+            try:
+                ok, frames = self._pipeline.try_wait_for_frames(timeout_ms)
+            except RuntimeError as err:  # the device went away mid-call
+                ok, frames = False, None
+                self.get_logger().warning(f"camera error: {err}")
+            if not ok:
+                if self.playback_file and not self.loop:
+                    self.get_logger().info(f"end of {self.playback_file}; {self.published} framesets published")
+                    self.finished = True
+                    return
+                self.get_logger().warning(f"no frames for {self.frame_timeout_s:g} s: camera lost, reconnecting")
+                self._close()
+                continue
+            try:
+                self._publish(frames)
+            except RuntimeError as err:  # a frame that cannot be read: skip it, keep streaming
+                self.get_logger().warning(f"dropped a frameset: {err}", throttle_duration_sec=5.0)
+
+    def _new(self, key: str, frame: Any) -> bool:
+        # Playback (and some devices) hand the same frame out in several framesets: publish it once.
+        n = int(frame.get_frame_number())
+        if self._last_numbers.get(key) == n:
+            return False
+        self._last_numbers[key] = n
+        return True
+
+    def _stamp(self, frame: Any) -> Any:
+        if self.ts_source == "frame":
+            return Time(nanoseconds=round(frame.get_timestamp() * 1e6)).to_msg()
+        return self.get_clock().now().to_msg()
+
+    def _publish(self, frames: Any) -> None:
+        if self._align is not None:
+            frames = self._align.process(frames)
+        color = frames.get_color_frame()
+        if color and self._new("color", color):
+            stamp = self._stamp(color)
+            img = image_msg(np.asanyarray(color.get_data()), "rgb8", self.color_frame)
+            img.header.stamp = stamp
+            info = self._info["color"]
+            info.header.stamp = stamp
+            self.pub_color.publish(img)
+            self.pub_color_info.publish(info)
+            self.published += 1
+        if self.pub_depth is None:
+            return
+        depth = frames.get_depth_frame()
+        if depth and self._new("depth", depth):
+            stamp = self._stamp(depth)
+            frame_id = self.color_frame if self._align is not None else self.depth_frame
+            img = image_msg(np.asanyarray(depth.get_data()), "16UC1", frame_id)
+            img.header.stamp = stamp
+            info = self._info["color" if self._align is not None else "depth"]
+            info.header.stamp = stamp
+            self.pub_depth.publish(img)
+            self.pub_depth_info.publish(info)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.frame_timeout_s + 1.0)
+        self._close()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    node: RealSenseNode | None = None
+    rc = 0
+    try:
+        try:
+            node = RealSenseNode()
+        except (DeviceError, ValueError) as err:
+            logger.fatal(str(err))
+            rc = 1
+        except ImportError as err:
+            logger.fatal(f"pyrealsense2 does not import ({err}): pip install pyrealsense2, and on Debian/Ubuntu "
+                         "apt-get install libusb-1.0-0")
+            rc = 1
+        else:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            while rclpy.ok() and not node.finished:
+                executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            logger.info(f"{node.published} colour frames published, {node.reconnects} reconnects")
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""ROS-free parts of the recorder: sampling, trigger ordering, episode control, features, the writer,
+and the state-only oracle (issue 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfp_ros.data.recorder import (
+    RECORDING,
+    STOPPED,
+    DatasetWriter,
+    EpisodeControl,
+    FeatureMismatch,
+    FrameSampler,
+    TriggerQueue,
+    build_features,
+    check_features,
+    to_frame,
+)
+
+MS = 1_000_000
+
+
+def test_sampler_takes_newest_before_t_and_counts_missing_and_stale():
+    s = FrameSampler(["a", "b"], max_age_s=0.1)
+    r = s.sample(100 * MS)
+    assert r.values is None and r.missing == ["a", "b"]
+    s.add("a", 10 * MS, 1)
+    s.add("a", 30 * MS, 2)
+    s.add("a", 60 * MS, 3)  # after T: not used for a frame at T
+    s.add("b", 45 * MS, "x")
+    r = s.sample(50 * MS, {"action": 7})
+    assert r.values == {"action": 7, "a": 2, "b": "x"}
+    r = s.sample(200 * MS)  # b's newest is 155 ms old
+    assert r.values is None and r.stale == ["a", "b"]
+    assert (s.frames, s.dropped, s.missing, s.stale) == (1, 2, {"a": 1, "b": 1}, {"a": 1, "b": 1})
+    assert s.seen_after(50 * MS) is False and s.seen_after(40 * MS) is True
+    with pytest.raises(ValueError):
+        FrameSampler(["a"], max_age_s=0)
+
+
+def test_trigger_queue_orders_by_time_and_waits_for_readiness():
+    q = TriggerQueue(settle_s=0.01, timeout_s=0.5)
+    q.push(30 * MS, "event", "success")
+    q.push(20 * MS, "action", "a2")
+    q.push(10 * MS, "action", "a1")
+    assert q.pop_ready(15 * MS) == []  # nothing settled yet
+    ready = {10 * MS}
+    got = q.pop_ready(100 * MS, ready=lambda t, k: k != "action" or t in ready)
+    assert got == [(10 * MS, "action", "a1")]  # a2 is not ready, and the event must not overtake it
+    assert q.pop_ready(100 * MS, ready=lambda t, k: True) == [(20 * MS, "action", "a2"), (30 * MS, "event", "success")]
+    q.push(40 * MS, "action", "a3")
+    assert q.pop_ready(600 * MS, ready=lambda t, k: False) == [(40 * MS, "action", "a3")]  # timed out: goes anyway
+    q.push(700 * MS, "action", "a4")
+    assert q.pop_ready(0, flush=True) == [(700 * MS, "action", "a4")]
+    assert len(q) == 0
+
+
+def test_episode_control_transitions():
+    c = EpisodeControl()
+    assert c.request("save") == ([], "no episode is being recorded (nothing to save)")
+    assert c.request("start")[0] == ["start"] and c.state == RECORDING
+    assert c.request("start")[0] == []
+    assert c.request("next")[0] == ["save", "start"]
+    assert c.request("rerecord")[0] == ["discard", "start"]
+    assert c.on_event("success", auto=False)[0] == []
+    assert c.on_event("success", auto=True)[0] == ["save"]
+    assert c.on_event("reset", auto=True)[0] == []
+    assert c.on_event("start", auto=True)[0] == ["start"]
+    assert c.on_event("start", auto=True)[0] == ["discard", "start"]  # the end was missed
+    assert c.on_event("reset", auto=True)[0] == ["discard"]
+    c.request("start")
+    assert c.request("stop_discard")[0] == ["discard"] and c.state == STOPPED
+    assert c.request("start")[0] == []
+
+
+def test_features_and_mismatch_message_names_the_feature(tmp_path):
+    f = build_features(["j1.pos"], ["a"], {"front": (24, 32)})
+    assert f["observation.images.front"]["shape"] == (24, 32, 3) and f["action"]["shape"] == (1,)
+    with pytest.raises(ValueError, match="repeat"):
+        build_features(["x", "x"], ["a"])
+    root = tmp_path / "ds"
+    w = DatasetWriter(root, "local/t", 10, f)
+    for i in range(3):
+        w.add_frame(to_frame([i], [i * 2], {"front": np.full((24, 32, 3), 9, np.uint8)}), "task")
+    assert w.save_episode() == 3
+    w.finalize()
+    w.finalize()  # twice is fine
+    before = sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file())
+    other = build_features(["j1.pos"], ["a", "b"])
+    with pytest.raises(FeatureMismatch) as err:
+        DatasetWriter(root, "local/t", 10, other, append=True)
+    text = str(err.value)
+    assert "action: shape" in text and "observation.images.front: in the dataset but not configured" in text
+    with pytest.raises(FeatureMismatch, match="fps"):
+        check_features(root, f, 30)
+    with pytest.raises(FileExistsError, match="append"):
+        DatasetWriter(root, "local/t", 10, f)
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()) == before
+
+
+def test_state_oracle_rebuilds_the_planner_inputs_from_the_published_state():
+    from dfp_ros.data.state_oracle import StateOracle, info_from_state
+    from dfp_ros.sim.cube_env import CubeSim
+
+    with CubeSim(seed=4) as sim:
+        state = sim.reset()
+        for _ in range(5):
+            state, *_ = sim.step(np.array([0.3, -0.2, 0.1, 0.5, 0.4], np.float32))
+        info = info_from_state(state, 1, 0.0)
+        for key in ("proprio/effector_pos", "proprio/effector_yaw", "proprio/gripper_opening",
+                    "privileged/block_0_pos", "privileged/block_0_yaw"):
+            np.testing.assert_allclose(info[key], sim.info[key], atol=2e-6, err_msg=key)
+        oracle = StateOracle(seed=4)
+        try:
+            state = sim.reset(seed=4)
+            oracle.reset()
+            for _ in range(200):
+                state, _, terminated, truncated, _ = sim.step(oracle.act(state))
+                if terminated or truncated:
+                    break
+            assert terminated, "the state-only oracle did not solve the episode"
+            with pytest.raises(ValueError, match="shape"):
+                oracle.act(np.zeros(5, np.float32))
+        finally:
+            oracle.close()
