@@ -76,7 +76,6 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -98,6 +97,7 @@ from dfp_ros.data.recorder import (
     build_features,
     to_frame,
 )
+from dfp_ros.nodes.node_main import run_node
 from dfp_ros.runtime.observation import ObservationError, decode_compressed, decode_raw_image, resize_to
 
 NODE_NAME = "collect_node"
@@ -649,36 +649,21 @@ class KeyboardThread(threading.Thread):
         self.restore()
 
 
+def _describe_error(err: BaseException) -> tuple[str, int]:
+    kind = "refusing to append" if isinstance(err, FeatureMismatch) else "bad configuration"
+    return f"{kind}: {err}", 2
+
+
+def _close(node: CollectNode, signalled: bool) -> int:
+    stats = node.close(signalled)
+    rclpy.logging.get_logger(NODE_NAME).info("collect summary " + json.dumps(stats))
+    return 1 if stats["writer_error"] else 0
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    node: CollectNode | None = None
-    rc = 0
-    signalled = False
-    try:
-        try:
-            node = CollectNode()
-        except (ValueError, FileExistsError, ParameterException) as err:  # FeatureMismatch is a ValueError
-            kind = "refusing to append" if isinstance(err, FeatureMismatch) else "bad configuration"
-            logger.fatal(f"{kind}: {err}")
-            rc = 2
-        else:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok() and not node.finished:
-                executor.spin_once(timeout_sec=0.1)
-            signalled = not node.finished
-    except (KeyboardInterrupt, ExternalShutdownException):
-        signalled = True
-    finally:
-        if node is not None:
-            stats = node.close(signalled)
-            logger.info("collect summary " + json.dumps(stats))
-            if stats["writer_error"]:
-                rc = 1
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+    # FeatureMismatch is a ValueError.
+    return run_node(CollectNode, NODE_NAME, args=args, config_errors=(ValueError, FileExistsError, ParameterException),
+                    describe_error=_describe_error, close=_close)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import sys
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Joy
@@ -27,6 +26,7 @@ from std_msgs.msg import Float64MultiArray
 
 from dfp_ros import contracts
 from dfp_ros.data.teleop import JoyMapping
+from dfp_ros.nodes.node_main import run_node
 
 NODE_NAME = "joy_teleop_node"
 
@@ -94,28 +94,12 @@ class JoyTeleopNode(Node):
         self.commands += 1
 
 
+def _close(node: JoyTeleopNode, signalled: bool) -> None:
+    rclpy.logging.get_logger(NODE_NAME).info(f"commands {node.commands}, dropped joy messages {node.dropped}")
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node: JoyTeleopNode | None = None
-    rc = 0
-    try:
-        try:
-            node = JoyTeleopNode()
-        except ValueError as err:
-            rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
-            rc = 2
-        else:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            rclpy.logging.get_logger(NODE_NAME).info(f"commands {node.commands}, dropped joy messages {node.dropped}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+    return run_node(JoyTeleopNode, NODE_NAME, args=args, close=_close)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ import sys
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
 
 from dfp_ros import contracts
 from dfp_ros.data.state_oracle import StateOracle
+from dfp_ros.nodes.node_main import run_node
 
 NODE_NAME = "oracle_teleop_node"
 _STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -137,30 +137,13 @@ class OracleTeleopNode(Node):
         return f"commands {self.commands}, episodes {self.episodes_ended}, bad states {self.bad}"
 
 
+def _close(node: OracleTeleopNode, signalled: bool) -> None:
+    rclpy.logging.get_logger(NODE_NAME).info(node.summary())
+    node.oracle.close()
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node: OracleTeleopNode | None = None
-    rc = 0
-    try:
-        try:
-            node = OracleTeleopNode()
-        except ValueError as err:
-            rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
-            rc = 2
-        else:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok() and not node.finished:
-                executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            rclpy.logging.get_logger(NODE_NAME).info(node.summary())
-            node.oracle.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+    return run_node(OracleTeleopNode, NODE_NAME, args=args, close=_close)
 
 
 if __name__ == "__main__":

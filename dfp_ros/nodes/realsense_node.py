@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
+
+from dfp_ros.nodes.node_main import run_node
 
 NODE_NAME = "realsense_node"
 TIMESTAMP_SOURCES = ("ros", "frame")
@@ -269,35 +270,22 @@ class RealSenseNode(Node):
         self._close()
 
 
+def _describe_error(err: BaseException) -> tuple[str, int]:
+    if isinstance(err, ImportError):
+        return (f"pyrealsense2 does not import ({err}): pip install pyrealsense2, and on Debian/Ubuntu "
+                "apt-get install libusb-1.0-0", 1)
+    return str(err), 1
+
+
+def _close(node: RealSenseNode, signalled: bool) -> None:
+    node.shutdown()
+    rclpy.logging.get_logger(NODE_NAME).info(f"{node.published} colour frames published, "
+                                             f"{node.reconnects} reconnects")
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    node: RealSenseNode | None = None
-    rc = 0
-    try:
-        try:
-            node = RealSenseNode()
-        except (DeviceError, ValueError) as err:
-            logger.fatal(str(err))
-            rc = 1
-        except ImportError as err:
-            logger.fatal(f"pyrealsense2 does not import ({err}): pip install pyrealsense2, and on Debian/Ubuntu "
-                         "apt-get install libusb-1.0-0")
-            rc = 1
-        else:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok() and not node.finished:
-                executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            logger.info(f"{node.published} colour frames published, {node.reconnects} reconnects")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return rc
+    return run_node(RealSenseNode, NODE_NAME, args=args, config_errors=(DeviceError, ValueError, ImportError),
+                    describe_error=_describe_error, close=_close)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -77,6 +76,7 @@ from std_msgs.msg import Float32, Float32MultiArray, Float64MultiArray, MultiArr
 from trajectory_msgs.msg import JointTrajectory
 
 from dfp_ros import contracts
+from dfp_ros.nodes.node_main import run_node
 from dfp_ros.sim.cube_env import CubeSim
 
 TOPIC_STATE_NAMES = contracts.TOPIC_SIM_STATE_NAMES
@@ -412,37 +412,18 @@ class SimRobotNode(Node):
             pass
 
 
+def _close(node: SimRobotNode, signalled: bool) -> None:
+    summary = node.summary()
+    if rclpy.ok():  # finished by max_episodes: the summary also reaches /rosout
+        node.flush()
+        node.get_logger().info(summary)
+    else:  # stopped by a signal: the context is gone, so log without /rosout
+        rclpy.logging.get_logger("sim_robot_node").info(summary)
+    node.sim.close()
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node: SimRobotNode | None = None
-    rc = 0
-    try:
-        try:
-            node = SimRobotNode()
-        except ValueError as err:  # a bad parameter value: say which, without a traceback
-            rclpy.logging.get_logger("sim_robot_node").fatal(str(err))
-            rc = 2
-        else:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok() and not node.finished:
-                executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / SIGTERM: fall through to the summary
-    finally:
-        if node is not None:
-            summary = node.summary()
-            logged = False
-            if rclpy.ok():  # finished by max_episodes: the summary also reaches /rosout
-                node.flush()
-                node.get_logger().info(summary)
-                logged = True
-            node.sim.close()
-            node.destroy_node()
-            if not logged:  # stopped by a signal: the context is gone, so log without /rosout
-                rclpy.logging.get_logger("sim_robot_node").info(summary)
-        rclpy.try_shutdown()
-    return rc
+    return run_node(SimRobotNode, "sim_robot_node", args=args, close=_close)
 
 
 if __name__ == "__main__":
