@@ -242,3 +242,14 @@ class RosGraph:
     def wait_matched(self, publisher: Any, n: int = 1, timeout: float = 10.0) -> bool:
         """Whether `publisher` reaches `n` matched subscriptions (a node up and discovered) in time."""
         return self.spin_until(lambda: publisher.get_subscription_count() >= n, timeout)
+
+
+def declared_parameters(graph: RosGraph, node_name: str, timeout: float = 40.0) -> set[str]:
+    """Names of the parameters a running node declares (its ListParameters service)."""
+    from rcl_interfaces.srv import ListParameters
+
+    client = graph.node.create_client(ListParameters, f"/{node_name}/list_parameters")
+    assert client.wait_for_service(timeout_sec=timeout), f"{node_name} did not come up"
+    future = client.call_async(ListParameters.Request())
+    graph.spin_until(future.done, timeout=10.0)
+    return set(future.result().result.names)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_graph import RosGraph, domain_id, ros_env, running_node
+from ros_graph import RosGraph, declared_parameters, domain_id, ros_env, running_node
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "collect.launch.py"
@@ -43,16 +43,6 @@ def test_every_executable_the_launch_names_exists_and_is_a_console_script():
     assert EXECUTABLES <= set(config), f"config/collect.yaml lacks sections {EXECUTABLES - set(config)}"
 
 
-def _declared(node_name: str, graph: RosGraph) -> set[str]:
-    from rcl_interfaces.srv import ListParameters
-
-    client = graph.node.create_client(ListParameters, f"/{node_name}/list_parameters")
-    assert client.wait_for_service(timeout_sec=40.0), f"{node_name} did not come up"
-    future = client.call_async(ListParameters.Request())
-    graph.spin_until(future.done, timeout=10.0)
-    return set(future.result().result.names)
-
-
 @pytest.mark.parametrize("node_name", ["collect_node", "oracle_teleop_node", "joy_teleop_node", "sim_robot_node"])
 def test_parameter_file_holds_only_declared_parameters(tmp_path, node_name):
     pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
@@ -64,7 +54,7 @@ def test_parameter_file_holds_only_declared_parameters(tmp_path, node_name):
     dom = domain_id(140)
     with running_node(f"dfp_ros.nodes.{node_name}", extra, ros_env(dom), params_file=CONFIG,
                       log_dir=tmp_path) as proc, RosGraph(dom) as graph:
-        declared = _declared(node_name, graph)
+        declared = declared_parameters(graph, node_name)
         assert proc.poll() is None, proc.log()
     assert wanted <= declared, f"{node_name}: not declared by the node: {sorted(wanted - declared)}"
 

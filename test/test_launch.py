@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_graph import RosGraph, domain_id, ros_env, running_node
+from ros_graph import RosGraph, declared_parameters, domain_id, ros_env, running_node
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "policy.launch.py"
@@ -51,16 +51,6 @@ def test_every_executable_and_file_the_launch_names_exists():
     assert "config/*.yaml" in setup_text and "models/*.onnx" in setup_text
 
 
-def _declared(node_name: str, graph: RosGraph) -> set[str]:
-    from rcl_interfaces.srv import ListParameters
-
-    client = graph.node.create_client(ListParameters, f"/{node_name}/list_parameters")
-    assert client.wait_for_service(timeout_sec=30.0), f"{node_name} did not come up"
-    future = client.call_async(ListParameters.Request())
-    graph.spin_until(future.done, timeout=10.0)
-    return set(future.result().result.names)
-
-
 @pytest.mark.parametrize("module,node_name,extra", [
     ("dfp_ros.nodes.policy_node", "policy_node", {"model_path", "enabled"}),
     ("dfp_ros.nodes.sim_robot_node", "sim_robot_node", set()),
@@ -71,6 +61,6 @@ def test_parameter_file_holds_only_declared_parameters(tmp_path, module, node_na
     dom = domain_id(offset=37)
     with running_node(module, {}, ros_env(dom), params_file=CONFIG, log_dir=tmp_path) as proc, \
             RosGraph(dom) as graph:
-        declared = _declared(node_name, graph)
+        declared = declared_parameters(graph, node_name)
         assert proc.poll() is None, proc.log()
     assert wanted <= declared, f"{node_name}: not declared by the node: {sorted(wanted - declared)}"
