@@ -31,13 +31,31 @@ def _rate(fn: Callable[[], None], seconds: float, device: torch.device) -> float
     return n / (time.perf_counter() - t0)
 
 
+def _meta(horizon: int, has_critic: bool) -> ModelMetadata:
+    return ModelMetadata(state=[StateSpec("observation.state", STATE_DIM)], cameras=[], action_key="action",
+                         action_names=[f"a{i}" for i in range(ACTION_DIM)], horizon=horizon,
+                         action_dim=ACTION_DIM, fps=20.0, num_samples=1, has_critic=has_critic,
+                         action_low=[-1.0] * ACTION_DIM, action_high=[1.0] * ACTION_DIM)
+
+
+def bench_online_update(device: torch.device, seconds: float, batch: int, hidden: tuple[int, ...],
+                        horizon: int) -> float:
+    """Fine-tuning learner updates/s: critic TD step (best-of-16 target) + top-4-of-16 actor step + EMA."""
+    from dfp_ros.learning.online import OnlineConfig, OnlineLearner
+
+    model = DFPModel(_meta(horizon, True), ModelConfig(horizon=horizon, actor_hidden=hidden, critic_hidden=hidden,
+                                                        use_critic=True))
+    learner = OnlineLearner(model, OnlineConfig(batch_size=batch), device=device)
+    data = ChunkBatch(state=torch.randn(batch, STATE_DIM), images={},
+                      chunk=torch.rand(batch, horizon, ACTION_DIM) * 2 - 1, rewards=torch.zeros(batch, horizon),
+                      next_state=torch.randn(batch, STATE_DIM), mask=torch.ones(batch)).to(device)
+    return _rate(lambda: learner.update(data), seconds, device)
+
+
 def bench_training(device: torch.device, seconds: float = 5.0, batch: int = 256, num_gen: int = 8,
                    hidden: tuple[int, ...] = (512, 512, 512, 512), horizon: int = 5,
                    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES) -> dict[str, float]:
-    meta = ModelMetadata(state=[StateSpec("observation.state", STATE_DIM)], cameras=[], action_key="action",
-                         action_names=[f"a{i}" for i in range(ACTION_DIM)], horizon=horizon,
-                         action_dim=ACTION_DIM, fps=20.0, num_samples=1, has_critic=False,
-                         action_low=[-1.0] * ACTION_DIM, action_high=[1.0] * ACTION_DIM)
+    meta = _meta(horizon, False)
     model = DFPModel(meta, ModelConfig(horizon=horizon, actor_hidden=hidden)).to(device)
     opt = torch.optim.Adam(model.actor.parameters(), lr=3e-4)
     data = ChunkBatch(state=torch.randn(batch, STATE_DIM, device=device), images={},
@@ -72,6 +90,7 @@ def bench_training(device: torch.device, seconds: float = 5.0, batch: int = 256,
                  "drift_loss_alone_compiled_per_s": round(_rate(loss_only, seconds, device), 2)}
         extra["drift_compiled_overhead_pct"] = round(100.0 * (mse / extra["drift_bc_compiled_steps_per_s"] - 1), 1)
         enable_compile(False)
+    extra["online_update_per_s"] = round(bench_online_update(device, seconds, batch, hidden, horizon), 2)
     return {
         "device": str(device), "batch": batch, "num_gen": num_gen, "hidden": list(hidden),
         "temperatures": list(temperatures), "threads": torch.get_num_threads(),

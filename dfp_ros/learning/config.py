@@ -56,7 +56,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 100
     checkpoint_every: int = 5_000
-    compile: bool = True  # torch.compile the drift loss on CUDA
+    compile: bool = False  # torch.compile the drift loss on CUDA (measured: no consistent gain)
     gamma: float = 0.99
     tau: float = 0.005
     critic_samples: int = 16
