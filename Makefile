@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo train-demo test bench bench-collect model setup setup-deploy help
+.PHONY: demo train-demo test bench bench-collect bench-finetune model setup setup-deploy help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,9 @@ test: setup  ## lint + the whole test suite
 bench: setup  ## benchmarks (figures for the README's Performance section)
 	$(PY) -m dfp_ros.cli bench train
 	$(PY) -m dfp_ros.cli bench latency
+
+bench-finetune: setup  ## weak BC policy -> RL fine-tuning through ROS, 50-episode evaluation before/after (~25 min)
+	$(PY) -m dfp_ros.cli bench finetune
 
 bench-collect: setup  ## recording benchmark: 2 x 640x480 @ 30 Hz + 200 Hz joint states, 2 min
 	FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA $(PY) -m dfp_ros.data.collect_bench --duration 120

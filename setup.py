@@ -62,6 +62,7 @@ setup(
             "oracle_teleop_node = dfp_ros.nodes.oracle_teleop_node:main",
             "joy_teleop_node = dfp_ros.nodes.joy_teleop_node:main",
             "realsense_node = dfp_ros.nodes.realsense_node:main",
+            "finetune_node = dfp_ros.nodes.finetune_node:main",
         ],
     },
 )

@@ -19,6 +19,8 @@ EPILOG = """examples:
   dfp export outputs/cube/checkpoints/last models/cube.onnx --num-samples 16
   dfp check models/cube.onnx                                       # validate and describe a model
   dfp bench train                                                  # throughput, reference size
+  dfp bench latency                                                # policy node in a real ROS graph
+  dfp bench finetune                                               # weak BC policy -> RL through ROS
 """
 
 
@@ -80,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=int, default=tc.log_every)
     t.add_argument("--checkpoint-every", type=int, default=tc.checkpoint_every)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
-    t.add_argument("--no-compile", action="store_true",
-                   help="on CUDA, do not torch.compile the drift loss (compiling takes ~a minute, then is faster)")
+    t.add_argument("--compile", action="store_true",
+                   help="on CUDA, torch.compile the drift loss (~a minute to compile; gains were not consistent)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (checked and compared with torch)",
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime execution provider)")
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
-    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train}")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bt.add_argument("--device", default="auto")
@@ -108,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--hidden", type=_ints, default=(512, 512, 512, 512))
     bt.add_argument("--batch-size", type=int, default=256)
     bt.add_argument("--num-gen", type=int, default=8)
+    bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
+                                         "tick jitter, CPU, RSS (state model best-of-16; 96x96 image model)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dfp_ros.latency_bench import add_arguments
+
+    add_arguments(bl)
+    bf = bsub.add_parser("finetune", help="weak BC policy -> on-robot fine-tuning through the ROS graph; "
+                                          "success before/after over >= 50 seeded episodes",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dfp_ros.finetune_bench import add_arguments as add_finetune_arguments
+
+    add_finetune_arguments(bf)
     return p
 
 
@@ -124,7 +138,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       action_key=a.action_key, image_size=tuple(a.image_size), steps=a.steps,
                       batch_size=a.batch_size, num_gen=a.num_gen, lr=a.lr, temperatures=a.temperatures,
                       loss=a.loss, seed=a.seed, device=a.device, log_every=a.log_every,
-                      checkpoint_every=a.checkpoint_every, compile=not a.no_compile)
+                      checkpoint_every=a.checkpoint_every, compile=a.compile)
     mcfg = ModelConfig(horizon=a.horizon, actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.critic_hidden),
                        use_critic=a.critic)
     trainer = Trainer(cfg, mcfg, resume=a.resume, progress=not a.no_progress)
@@ -170,6 +184,14 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.bench == "finetune":
+        from dfp_ros.finetune_bench import run_from_args as run_finetune
+
+        return run_finetune(a)
+    if a.bench == "latency":
+        from dfp_ros.latency_bench import run_from_args
+
+        return run_from_args(a)
     import torch
 
     from dfp_ros.learning.bench import bench_training
@@ -185,6 +207,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     print(f"  MSE BC step     {res['mse_bc_steps_per_s']:8.1f} steps/s")
     print(f"  drift loss only {res['drift_loss_alone_per_s']:8.1f} calls/s")
     print(f"  drift overhead over MSE: {res['drift_overhead_pct']:.1f}% (goal <= 25%)")
+    print(f"  fine-tuning learner update (critic + top-4-of-16 actor + EMA) {res['online_update_per_s']:8.1f} /s")
     if "drift_bc_compiled_steps_per_s" in res:
         print(f"  drift BC step, compiled loss {res['drift_bc_compiled_steps_per_s']:8.1f} steps/s "
               f"(overhead {res['drift_compiled_overhead_pct']:.1f}%)")

@@ -572,7 +572,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-rate", type=float, default=50.0, help="control rate of the jitter runs (Hz)")
     p.add_argument("--state-rate", type=float, default=50.0, help="observation rate for the state model (Hz)")
     p.add_argument("--image-rate", type=float, default=30.0, help="observation (camera) rate for the image model (Hz)")
-    p.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID; None: 1 + pid % 100")
+    p.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID; None: 1 + pid %% 100")
     p.add_argument("--state-model", default=None, help="an existing state-only ONNX model (28 joints j0..j27) "
                                                        "instead of building one with torch")
     p.add_argument("--image-model", default=None, help="an existing one-camera ONNX model (camera 'front', "

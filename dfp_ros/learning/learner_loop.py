@@ -1,0 +1,248 @@
+"""The fine-tuning learner as a loop in its own process (ROS-free; the finetune node starts it).
+
+Why a process, not a thread: the ROS side stamps header-less messages with the clock at receipt
+(the policy node's rule, which the join relies on), so its executor must never wait behind a
+training step holding the GIL. The node sends finished episodes (joined transitions) and
+pause/resume/stop commands through `inbox`; the loop sends back status, log lines and exported
+models through `outbox`.
+
+Per episode: transitions -> replay buffer, a learning-curve row. Learning: after `warmup_steps`
+online environment steps, `updates_per_step` updates per environment step (the reference: 1).
+Every `export_every` updates (or `export_every_s` seconds): export policy + critic to ONNX
+(best-of-N), validate it (contract, parity, a finite in-range inference on replay states) and send
+its path. Every `checkpoint_every` updates, at a stop, and when the node process disappears: the
+whole learner state (networks, optimisers, target critic, EMA, counters, RNG, the online replay).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LEARNER_DIR = "learner"
+REPLAY_FILE = "replay_online.npz"
+MODELS_DIR = "models"
+KEEP_MODELS = 3
+
+
+@dataclass
+class LoopConfig:
+    init_checkpoint: str
+    output_dir: str
+    dataset_root: str = ""
+    dataset_repo_id: str = ""
+    warmup_steps: int = 5000
+    updates_per_step: float = 1.0
+    export_every: int = 1000
+    export_every_s: float = 0.0
+    export_num_samples: int = 16
+    checkpoint_every: int = 1000
+    replay_capacity: int = 1_000_000
+    online_fraction: float = -1.0  # < 0: uniform over offline + online (the reference)
+    device: str = "cpu"
+    torch_threads: int = 1
+    seed: int = 0
+    online: dict[str, Any] = field(default_factory=dict)  # OnlineConfig fields
+
+
+def _msg(outbox: Any, kind: str, **payload: Any) -> None:
+    try:
+        outbox.put_nowait((kind, payload))
+    except Exception:  # the node is gone or its queue full: nothing to tell anyone
+        pass
+
+
+def learner_main(cfg: LoopConfig, inbox: Any, outbox: Any, parent_pid: int) -> None:
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the node asks us to save and stop instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _Loop(cfg, inbox, outbox, parent_pid).run()
+    except Exception as e:  # say why in the node's log, then die: the node keeps the policy running
+        _msg(outbox, "fatal", text=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        raise
+
+
+class _Loop:
+    def __init__(self, cfg: LoopConfig, inbox: Any, outbox: Any, parent_pid: int):
+        import torch
+
+        from dfp_ros.learning.learning_curve import LearningCurve
+        from dfp_ros.learning.online import OnlineConfig, OnlineLearner
+        from dfp_ros.learning.replay_buffer import ReplayBuffer
+
+        torch.set_num_threads(max(1, cfg.torch_threads))
+        self.cfg, self.inbox, self.outbox, self.parent_pid = cfg, inbox, outbox, parent_pid
+        self.out = Path(cfg.output_dir)
+        self.ckpt = self.out / LEARNER_DIR
+        self.models = self.out / MODELS_DIR
+        self.models.mkdir(parents=True, exist_ok=True)
+        ocfg = OnlineConfig(**cfg.online)
+        resume = (self.ckpt / "training_state.pt").is_file()
+        source = self.ckpt if resume else Path(cfg.init_checkpoint)
+        self.learner, extra = OnlineLearner.load(source, ocfg, cfg.device)
+        if not resume:
+            self.learner.rng = np.random.default_rng(cfg.seed)
+            torch.manual_seed(cfg.seed)
+        meta = self.learner.model.meta
+        offline = None
+        if cfg.dataset_root or cfg.dataset_repo_id:
+            from dfp_ros.learning.dataset import ChunkDataset
+
+            offline = ChunkDataset(cfg.dataset_repo_id, cfg.dataset_root or None, horizon=meta.horizon,
+                                   state_keys=[s.key for s in meta.state], image_keys=[], progress=False)
+        self.replay = ReplayBuffer(meta.state_dim, meta.horizon, meta.action_dim, cfg.replay_capacity, offline,
+                                   None if cfg.online_fraction < 0 else cfg.online_fraction)
+        if resume and (self.ckpt / REPLAY_FILE).is_file():
+            self.replay.load(self.ckpt / REPLAY_FILE)
+        self.env_steps = int(extra.get("env_steps", 0))
+        self.episodes = int(extra.get("episodes", 0))
+        self.exports = int(extra.get("exports", 0))
+        self.curve = LearningCurve(self.out)
+        self.paused: str = ""
+        self.last: dict[str, float] = {}
+        self.last_export_t = time.monotonic()
+        self.last_status_t = 0.0
+        self.last_plot_t = 0.0
+        self.stop = False
+        where = f"resumed from {self.ckpt} at update {self.learner.updates}" if resume else \
+            f"started from {cfg.init_checkpoint}"
+        _msg(outbox, "log", level="info", text=(
+            f"learner {where}: {self.env_steps} env steps, {self.replay.size} online + {self.replay.offline_size} "
+            f"offline transitions; warm-up {cfg.warmup_steps} steps, {cfg.updates_per_step:g} updates/step, "
+            f"N={ocfg.num_candidates} K={ocfg.top_k} lambda={ocfg.lam:g}"))
+        _msg(outbox, "resumed" if resume else "started", updates=self.learner.updates, env_steps=self.env_steps)
+
+    # --- loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self.stop:
+            if os.getppid() != self.parent_pid:  # the node died: keep what we learned, then go
+                self.save()
+                return
+            self._drain(block=not self._should_update())
+            if self._should_update():
+                for _ in range(8):  # a few updates, then look at the inbox again
+                    if not self._should_update():
+                        break
+                    self._update()
+            self._status()
+        self.save()
+        _msg(self.outbox, "log", level="info", text=f"learner stopped at update {self.learner.updates}; saved")
+
+    def _target_updates(self) -> float:
+        return self.cfg.updates_per_step * max(0, self.env_steps - self.cfg.warmup_steps)
+
+    def _should_update(self) -> bool:
+        return (not self.paused and len(self.replay) > 0 and self.env_steps >= self.cfg.warmup_steps
+                and self.learner.updates < self._target_updates())
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self.inbox.get(timeout=0.1) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload = item
+            if kind == "episode":
+                self._episode(payload)
+            elif kind == "pause":
+                self.paused = payload["reason"]
+            elif kind == "resume":
+                self.paused = ""
+            elif kind == "stop":
+                self.stop = True
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _episode(self, ep: dict[str, Any]) -> None:
+        from dfp_ros.learning.transitions import Transition
+
+        n = len(ep["mask"])
+        for i in range(n):
+            self.replay.add(Transition(ep["state"][i], ep["chunk"][i], ep["rewards"][i], ep["next_state"][i],
+                                       float(ep["mask"][i])))
+        self.env_steps += int(ep["steps"])
+        self.episodes += 1
+        self.curve.add({
+            "time_s": round(time.time(), 3), "robot": ep["robot"], "env_steps": self.env_steps,
+            "updates": self.learner.updates, "episode_return": ep["episode_return"], "success": int(ep["success"]),
+            "steps": ep["steps"], "chunks": ep["chunks"], "joined": n, "dropped": sum(ep["dropped"].values()),
+            "learning": int(self._should_update()),
+            **{k: self.last[k] for k in ("critic_loss", "q_mean", "topk_q", "nearest_pos") if k in self.last},
+        })
+        if time.monotonic() - self.last_plot_t > 10.0:
+            self.curve.plot()
+            self.last_plot_t = time.monotonic()
+
+    def _update(self) -> None:
+        batch = self.replay.sample(self.learner.cfg.batch_size, self.learner.rng)
+        self.last = self.learner.update(batch)
+        u = self.learner.updates
+        due_s = self.cfg.export_every_s > 0 and time.monotonic() - self.last_export_t >= self.cfg.export_every_s
+        if (self.cfg.export_every > 0 and u % self.cfg.export_every == 0) or due_s:
+            self.export()
+        if self.cfg.checkpoint_every > 0 and u % self.cfg.checkpoint_every == 0:
+            self.save()
+
+    def _status(self) -> None:
+        now = time.monotonic()
+        if now - self.last_status_t < 0.25:
+            return
+        self.last_status_t = now
+        _msg(self.outbox, "status", updates=self.learner.updates, env_steps=self.env_steps, episodes=self.episodes,
+             replay_online=self.replay.size, replay_offline=self.replay.offline_size, exports=self.exports,
+             target_updates=int(self._target_updates()),
+             learning=self._should_update(), paused=self.paused, **self.last)
+
+    # --- export and checkpoint -------------------------------------------------------------------------
+    def export(self) -> Path | None:
+        from dfp_ros.learning.export import export_onnx
+        from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+        self.last_export_t = time.monotonic()
+        u = self.learner.updates
+        path = self.models / f"policy_u{u:08d}.onnx"
+        t0 = time.perf_counter()
+        try:
+            model = copy.deepcopy(self.learner.model).to("cpu")
+            export_onnx(model, path, num_samples=self.cfg.export_num_samples, with_critic=True)
+            self._validate(PolicyRuntime(path, device="cpu"))
+        except Exception as e:  # a model that fails a check is never handed to the policy
+            path.unlink(missing_ok=True)
+            _msg(self.outbox, "log", level="error", text=f"export at update {u} failed validation, not sent: {e}")
+            return None
+        self.exports += 1
+        _msg(self.outbox, "exported", path=str(path), updates=u, seconds=time.perf_counter() - t0)
+        for old in sorted(self.models.glob("policy_u*.onnx"))[:-KEEP_MODELS]:
+            old.unlink(missing_ok=True)  # the policy node has loaded it already (it keeps the bytes)
+        return path
+
+    def _validate(self, runtime: Any) -> None:
+        meta = runtime.meta
+        n = min(self.replay.size, 8)
+        states = self.replay.state[:n] if n else np.zeros((1, meta.state_dim), np.float32)
+        low, high = np.asarray(meta.action_low), np.asarray(meta.action_high)
+        rng = np.random.default_rng(0)
+        for s in states:
+            chunk = runtime.act(s, None, rng).chunk
+            if not np.isfinite(chunk).all():
+                raise ValueError("non-finite actions on a replay state")
+            if (chunk < low - 1e-4).any() or (chunk > high + 1e-4).any():
+                raise ValueError("actions outside the model's action range on a replay state")
+
+    def save(self) -> None:
+        extra = {"env_steps": self.env_steps, "episodes": self.episodes, "exports": self.exports}
+        self.learner.save(self.ckpt, extra)
+        self.replay.save(self.ckpt / REPLAY_FILE)
+        self.curve.plot()

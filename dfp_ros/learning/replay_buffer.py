@@ -1,0 +1,117 @@
+"""Replay buffer for on-robot fine-tuning: the offline dataset plus online chunk transitions.
+
+The offline part is a `ChunkDataset` (a LeRobot dataset in memory, with its `next.reward` column),
+sampled with its own critic targets; the online part is a ring of joined transitions
+(`dfp_ros.learning.transitions`). As in the reference, the buffer is "seeded with the offline data":
+by default a batch is drawn uniformly over the union (`online_fraction=None`); a fixed share of
+online samples per batch can be asked for instead (useful when the offline set is much larger).
+The online part is persisted (`save` / `load`, one .npz) for a learner restart; the offline part is
+re-read from the dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dfp_ros.learning.dataset import ChunkBatch
+from dfp_ros.learning.transitions import Transition
+
+if TYPE_CHECKING:
+    from dfp_ros.learning.dataset import ChunkDataset
+
+
+class ReplayBuffer:
+    """Online transitions in a ring of `capacity`, mixed with an optional offline ChunkDataset (state only)."""
+
+    def __init__(self, state_dim: int, horizon: int, action_dim: int, capacity: int = 1_000_000,
+                 offline: ChunkDataset | None = None, online_fraction: float | None = None):
+        if offline is not None:
+            if offline.images:
+                raise ValueError("the replay buffer holds state-only observations; this dataset has cameras")
+            if not offline.has_rewards:
+                raise ValueError("the offline dataset has no reward column: it cannot seed a critic's replay")
+            if offline.state_dim != state_dim or offline.action_dim != action_dim:
+                raise ValueError(f"offline dataset (state {offline.state_dim}, action {offline.action_dim}) "
+                                 f"does not match the model (state {state_dim}, action {action_dim})")
+        if online_fraction is not None and not 0.0 <= online_fraction <= 1.0:
+            raise ValueError(f"online_fraction must be in [0, 1] or None, got {online_fraction}")
+        self.capacity = capacity
+        self.offline = offline
+        self.online_fraction = online_fraction
+        self.state = np.zeros((capacity, state_dim), np.float32)
+        self.chunk = np.zeros((capacity, horizon, action_dim), np.float32)
+        self.rewards = np.zeros((capacity, horizon), np.float32)
+        self.next_state = np.zeros((capacity, state_dim), np.float32)
+        self.mask = np.zeros(capacity, np.float32)
+        self.size = 0
+        self.cursor = 0
+        self.added = 0  # online transitions ever added (the ring may have forgotten some)
+
+    @property
+    def offline_size(self) -> int:
+        return 0 if self.offline is None else len(self.offline)
+
+    def __len__(self) -> int:
+        return self.size + self.offline_size
+
+    def add(self, t: Transition) -> None:
+        i = self.cursor
+        self.state[i], self.chunk[i], self.rewards[i] = t.state, t.chunk, t.rewards
+        self.next_state[i], self.mask[i] = t.next_state, t.mask
+        self.cursor = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.added += 1
+
+    def _online_batch(self, idx: np.ndarray) -> ChunkBatch:
+        return ChunkBatch(state=torch.from_numpy(self.state[idx]), images={},
+                          chunk=torch.from_numpy(self.chunk[idx]), rewards=torch.from_numpy(self.rewards[idx]),
+                          next_state=torch.from_numpy(self.next_state[idx]), mask=torch.from_numpy(self.mask[idx]))
+
+    def split(self, batch_size: int, rng: np.random.Generator) -> int:
+        """How many of `batch_size` samples come from the online part."""
+        if self.size == 0:
+            return 0
+        if self.offline_size == 0:
+            return batch_size
+        if self.online_fraction is None:  # uniform over the union
+            return int(rng.binomial(batch_size, self.size / len(self)))
+        return round(batch_size * self.online_fraction)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> ChunkBatch:
+        if len(self) == 0:
+            raise ValueError("the replay buffer is empty")
+        n_on = self.split(batch_size, rng)
+        parts = []
+        if n_on:
+            parts.append(self._online_batch(rng.integers(0, self.size, n_on)))
+        if batch_size - n_on:
+            assert self.offline is not None
+            parts.append(self.offline.sample(batch_size - n_on, rng, with_critic_targets=True))
+        if len(parts) == 1:
+            return parts[0]
+        a, b = parts
+        return ChunkBatch(state=torch.cat([a.state, b.state]), images={}, chunk=torch.cat([a.chunk, b.chunk]),
+                          rewards=torch.cat([a.rewards, b.rewards]), next_state=torch.cat([a.next_state, b.next_state]),
+                          mask=torch.cat([a.mask, b.mask]))
+
+    # --- persistence (the online part; the offline part is re-read from its dataset) ---------------
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        n = self.size
+        np.savez(tmp, state=self.state[:n], chunk=self.chunk[:n], rewards=self.rewards[:n],
+                 next_state=self.next_state[:n], mask=self.mask[:n], cursor=self.cursor, added=self.added)
+        tmp.replace(path)
+
+    def load(self, path: Path | str) -> None:
+        with np.load(path) as d:
+            n = min(len(d["state"]), self.capacity)
+            for name in ("state", "chunk", "rewards", "next_state", "mask"):
+                getattr(self, name)[:n] = d[name][:n]
+            self.size = n
+            self.cursor = int(d["cursor"]) % self.capacity
+            self.added = int(d["added"])

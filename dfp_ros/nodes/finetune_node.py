@@ -1,0 +1,469 @@
+"""`finetune_node`: on-robot RL fine-tuning of a running DFP policy (DESIGN.md §4, issue 5).
+
+This process only turns messages into arrays (and back) and owns parameters, timers and QoS. The
+join lives in `dfp_ros.learning.transitions`; the learner (critic + top-K update, replay, exports,
+checkpoints, learning curve) runs in a child process (`dfp_ros.learning.learner_loop`), so a
+training step never delays this executor — it stamps header-less messages at receipt, the same rule
+the policy node uses, and the join depends on those stamps.
+
+Per robot namespace (`robots`, default [""] = the root namespace; topic names are relative):
+  <ns>/<state_topic>       std_msgs/Float32MultiArray, the model's state vector (sim: sim/state)
+  <ns>/<chunk_topic>       trajectory_msgs/JointTrajectory, the policy's chunks (stamp = its observation's)
+  <ns>/<reward_topic>      std_msgs/Float32
+  <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset
+  -> chunk transitions (observation, executed chunk, rewards, next observation, mask), counted and
+     dropped by reason when they cannot be joined exactly.
+Model hand-over (each export that passed validation): `share_filesystem: true` sets the parameter
+`model_path` of <ns>/<policy_node_name> (SetParameters; the node validates and swaps, or refuses and
+keeps its model); false publishes the ONNX bytes on <ns>/dfp/model_update (UInt8MultiArray,
+transient-local, layout.dim[0].label = sha256 hex).
+Pacing (`pace_robot`, simulation only): a lock-step simulator runs far faster than a CPU learner;
+while the learner is more than `max_update_lag` updates behind `updates_per_step`, the policies are
+held (`enabled` false), which stops the simulator, so the configured ratio really holds.
+Silence: if a robot's observations keep coming but its reward (or episode) topic has been silent for
+`reward_silence_s` (`episode_silence_s`), learning pauses with a log line, and resumes when it returns.
+
+Stamps (`join`): rewards and episode events carry no header, so they are placed by the time their
+publisher sent them (the DDS source timestamp; one host, or clocks synchronised with chrony/PTP).
+- `causal` (default; lock-step simulation, or any robot whose policy acts on the newest
+  observation): observations too are placed by source time, and a chunk belongs to the newest
+  observation published before it. In lock-step this is exact: the simulator waits for the command,
+  so no newer observation can exist. (Joining by the chunk's header stamp does not work for the
+  simulator's header-less Float32MultiArray state: the policy node stamps it with its own clock at
+  receipt, which this node cannot reproduce exactly.)
+- `stamp`: observations with a header (JointState, Image) by their header stamp, and each chunk by
+  its header stamp, exactly (DESIGN.md §3.2) — for real robots whose policy may lag behind.
+
+Diagnostics on /diagnostics every second: episodes, env steps, joined, dropped per reason, updates,
+exports, models accepted/refused, learning/paused, critic loss, Q.
+Outputs in `output_dir`: learner/ (checkpoint + online replay; resumed at restart), models/ (last
+exports), learning_curve.csv and learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from dfp_ros import contracts
+from dfp_ros.learning.learner_loop import LoopConfig, learner_main
+from dfp_ros.learning.transitions import REWARD_MODES, EpisodeRecord, TransitionJoiner
+
+NODE_NAME = "finetune_node"
+JOIN_MODES = ("causal", "stamp")
+_EVENTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _topic(ns: str, name: str) -> str:
+    ns = ns.strip("/")
+    return f"{ns}/{name}" if ns else name
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _model_meta(checkpoint: Path) -> dict[str, Any]:
+    """The model's metadata from a checkpoint's config.json (JSON only: no torch in this process)."""
+    cfg = checkpoint / "config.json"
+    if not cfg.is_file():
+        raise ValueError(f"no DFP checkpoint at {checkpoint} (expected {cfg}); train one with `dfp train --critic`")
+    config = json.loads(cfg.read_text())
+    if not config.get("model_config", {}).get("use_critic"):
+        raise ValueError(f"checkpoint {checkpoint} has no critic; fine-tuning needs one (`dfp train --critic`)")
+    return config["metadata"]
+
+
+class _Robot:
+    """One robot's streams: its joiner and when each stream was last heard from."""
+
+    def __init__(self, ns: str, joiner: TransitionJoiner):
+        self.ns = ns
+        self.joiner = joiner
+        self.last: dict[str, float] = {}  # stream -> time.monotonic() of the last message
+        self.client: Any = None  # SetParameters client of its policy node (share_filesystem)
+        self.model_pub: Any = None  # its dfp/model_update publisher (otherwise)
+
+
+class FinetuneNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        p = self._declare()
+        self.p = p
+        out = Path(p["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        resume = (out / "learner" / "config.json").is_file()
+        meta = _model_meta(out / "learner" if resume else Path(p["init_checkpoint"]))
+        self.horizon = int(meta["horizon"])
+        self.action_names: list[str] = list(meta["action_names"])
+        self.state_dim = sum(int(s["dim"]) for s in meta["state"])
+        if meta.get("cameras"):
+            raise ValueError("this finetune_node learns from state-only models; the model has cameras")
+
+        self.counts: Counter[str] = Counter()
+        self.robots: dict[str, _Robot] = {}
+        self.status: dict[str, Any] = {}
+        self.models_sent = self.models_accepted = self.models_refused = 0
+        self.last_model = ""
+        self._learner_alive = True
+        self._paused_reason = ""
+        self._robot_held = False  # pace_robot: policies disabled while the learner catches up
+        for ns in p["robots"]:
+            self._add_robot(ns)
+
+        # The learner process (spawned: a fresh interpreter, no inherited DDS state).
+        ctx = mp.get_context("spawn")
+        self.inbox: Any = ctx.Queue()
+        self.outbox: Any = ctx.Queue()
+        online = {"num_candidates": p["num_candidates"], "top_k": p["top_k"], "lam": p["lam"],
+                  "ema_tau": p["ema_tau"], "num_gen": p["num_gen"], "batch_size": p["batch_size"], "lr": p["lr"],
+                  "gamma": p["gamma"], "tau": p["tau"], "critic_samples": p["critic_samples"],
+                  "temperatures": tuple(p["temperatures"])}
+        loop_cfg = LoopConfig(
+            init_checkpoint=p["init_checkpoint"], output_dir=str(out), dataset_root=p["dataset_root"],
+            dataset_repo_id=p["dataset_repo_id"], warmup_steps=p["warmup_steps"],
+            updates_per_step=p["updates_per_step"], export_every=p["export_every"],
+            export_every_s=p["export_every_s"], export_num_samples=p["export_num_samples"],
+            checkpoint_every=p["checkpoint_every"], replay_capacity=p["replay_capacity"],
+            online_fraction=p["online_fraction"], device=p["device"], torch_threads=p["torch_threads"],
+            seed=p["seed"], online=online)
+        self.proc = ctx.Process(target=learner_main, args=(loop_cfg, self.inbox, self.outbox, os.getpid()),
+                                name="dfp_learner", daemon=True)
+        self.proc.start()
+
+        # Steady-clock timers: with use_sim_time, a ROS-clock timer would stop whenever the simulator does.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.05, self._on_poll, clock=steady)
+        self.create_timer(1.0, self._publish_diagnostics, clock=steady)
+        self._diag_pub = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
+        self.get_logger().info(
+            f"learning from {len(self.robots)} robot(s) {[r or '/' for r in self.robots]}: {p['state_topic']}, "
+            f"{p['chunk_topic']}, {p['reward_topic']} ({p['reward_mode']}), {p['episode_topic']}; H={self.horizon}; "
+            f"models to {p['policy_node_name']} via "
+            f"{'model_path parameter' if p['share_filesystem'] else contracts.TOPIC_MODEL_UPDATE}; output {out}")
+
+    # --- parameters -------------------------------------------------------------------------------------
+    def _declare(self) -> dict[str, Any]:
+        specs: list[tuple[str, Any]] = [
+            ("init_checkpoint", ""), ("output_dir", "outputs/finetune"), ("dataset_root", ""), ("dataset_repo_id", ""),
+            ("robots", [""]), ("state_topic", contracts.TOPIC_SIM_STATE), ("chunk_topic", contracts.TOPIC_POLICY_CHUNK),
+            ("reward_topic", contracts.TOPIC_REWARD), ("episode_topic", contracts.TOPIC_EPISODE),
+            ("reward_mode", "per_step"), ("join", "causal"), ("join_grace_s", 0.5),
+            ("warmup_steps", 5000), ("updates_per_step", 1.0), ("batch_size", 256), ("num_gen", 8),
+            ("num_candidates", 16), ("top_k", 4), ("lam", 0.5), ("ema_tau", 1e-4), ("gamma", 0.99), ("tau", 0.005),
+            ("lr", 3e-4), ("critic_samples", 16), ("temperatures", [0.02, 0.05, 0.2, 0.5, 1.0]),
+            ("replay_capacity", 1_000_000), ("online_fraction", -1.0),
+            ("export_every", 1000), ("export_every_s", 0.0), ("export_num_samples", 16), ("checkpoint_every", 1000),
+            ("share_filesystem", True), ("policy_node_name", "policy_node"),
+            ("reward_silence_s", 5.0), ("episode_silence_s", 60.0), ("pace_robot", False), ("max_update_lag", 200),
+            ("device", "cpu"), ("torch_threads", 1), ("seed", 0),
+        ]
+        values: dict[str, Any] = {}
+        for name, default in specs:
+            value = self.declare_parameter(name, default).value
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            values[name] = value
+        values["robots"] = [str(r) for r in values["robots"]] or [""]
+        values["temperatures"] = [float(t) for t in values["temperatures"]]
+        if values["reward_mode"] not in REWARD_MODES:
+            raise ValueError(f"reward_mode={values['reward_mode']!r}; expected one of {REWARD_MODES}")
+        if values["join"] not in JOIN_MODES:
+            raise ValueError(f"join={values['join']!r}; expected one of {JOIN_MODES}")
+        if not values["init_checkpoint"] and not (Path(values["output_dir"]) / "learner" / "config.json").is_file():
+            raise ValueError("init_checkpoint is required (a `dfp train --critic` checkpoint folder) unless "
+                             "output_dir holds a learner checkpoint to resume")
+        if not 1 <= values["top_k"] <= values["num_candidates"]:
+            raise ValueError(f"top_k must be in 1..num_candidates, got {values['top_k']}")
+        return values
+
+    def _add_robot(self, ns: str) -> None:
+        p = self.p
+        robot = _Robot(ns, TransitionJoiner(self.horizon, ns, p["reward_mode"], p["join_grace_s"]))
+        self.robots[ns] = robot
+        j = robot.joiner
+
+        causal = p["join"] == "causal"
+
+        def stamp(info: Any, header: Any = None) -> int:
+            # A header stamp when the message has one (and we join by stamps), else when it was published.
+            if header is not None and not causal:
+                ns = _stamp_ns(header.stamp)
+                if ns:
+                    return ns
+            return int(info["source_timestamp"])
+
+        def on_state(msg: Float32MultiArray, info: Any) -> None:
+            robot.last["observation"] = time.monotonic()
+            v = np.asarray(msg.data, np.float32)
+            if v.shape != (self.state_dim,) or not np.isfinite(v).all():
+                self.counts["bad_observation"] += 1
+                return
+            j.add_observation(stamp(info), v)
+
+        def on_chunk(msg: JointTrajectory, info: Any) -> None:
+            robot.last["chunk"] = time.monotonic()
+            try:
+                names = list(msg.joint_names)
+                order = [names.index(n) for n in self.action_names] if names else list(range(len(self.action_names)))
+                actions = np.array([[pt.positions[k] for k in order] for pt in msg.points], np.float32)
+            except (ValueError, IndexError):
+                self.counts["bad_chunk"] += 1
+                return
+            if causal:
+                j.add_chunk(int(info["source_timestamp"]), actions, causal=True)
+            else:
+                j.add_chunk(_stamp_ns(msg.header.stamp), actions)
+
+        def on_reward(msg: Float32, info: Any) -> None:
+            robot.last["reward"] = time.monotonic()
+            if not np.isfinite(msg.data):
+                self.counts["bad_reward"] += 1
+                return
+            j.add_reward(stamp(info), float(msg.data))
+
+        def on_episode(msg: String, info: Any) -> None:
+            robot.last["episode"] = time.monotonic()
+            j.add_event(msg.data, stamp(info), now=time.monotonic())
+
+        self.create_subscription(Float32MultiArray, _topic(ns, p["state_topic"]), on_state, _EVENTS)
+        self.create_subscription(JointTrajectory, _topic(ns, p["chunk_topic"]), on_chunk, _EVENTS)
+        self.create_subscription(Float32, _topic(ns, p["reward_topic"]), on_reward, _EVENTS)
+        self.create_subscription(String, _topic(ns, p["episode_topic"]), on_episode, _EVENTS)
+        if p["share_filesystem"] or p["pace_robot"]:
+            robot.client = self.create_client(SetParameters, _topic(ns, f"{p['policy_node_name']}/set_parameters"))
+        if not p["share_filesystem"]:
+            robot.model_pub = self.create_publisher(UInt8MultiArray, _topic(ns, contracts.TOPIC_MODEL_UPDATE), _LATCHED)
+
+    # --- the periodic work: joined episodes out, learner messages in, silence ----------------------------
+    def _on_poll(self) -> None:
+        now = time.monotonic()
+        for robot in self.robots.values():
+            for rec in robot.joiner.poll(now):
+                self._send_episode(rec)
+        self._check_silence(now)
+        self._read_outbox()
+
+    def _send_episode(self, rec: EpisodeRecord) -> None:
+        ts = rec.transitions
+        S, H, A = self.state_dim, self.horizon, len(self.action_names)
+        ep = {
+            "robot": rec.robot, "event": rec.event, "success": rec.success, "steps": rec.steps,
+            "episode_return": rec.episode_return, "chunks": rec.chunks, "dropped": rec.dropped,
+            "state": np.array([t.state for t in ts], np.float32).reshape(-1, S),
+            "chunk": np.array([t.chunk for t in ts], np.float32).reshape(-1, H, A),
+            "rewards": np.array([t.rewards for t in ts], np.float32).reshape(-1, H),
+            "next_state": np.array([t.next_state for t in ts], np.float32).reshape(-1, S),
+            "mask": np.array([t.mask for t in ts], np.float32),
+        }
+        self.counts["episodes"] += 1
+        self.counts["env_steps"] += rec.steps
+        self.counts["joined"] += len(ts)
+        self.get_logger().info(
+            f"episode {self.counts['episodes']} [{rec.robot or '/'}] {rec.event} after {rec.steps} steps, return "
+            f"{rec.episode_return:.1f}; chunks {rec.chunks}, joined {len(ts)}"
+            + (f", dropped {rec.dropped}" if rec.dropped else ""))
+        if self._learner_alive:
+            self.inbox.put(("episode", ep))
+
+    def _check_silence(self, now: float) -> None:
+        if self._robot_held:
+            return  # we hold the robot (pace_robot): no steps, so no rewards, is expected
+        reasons = []
+        for r in self.robots.values():
+            seen = r.last.get("observation")
+            # A waiting simulator re-sends its observation every second: judge a live robot over 2.5 s.
+            if seen is None or now - seen > 2.5:
+                continue  # the robot itself is quiet (stopped, between sessions): nothing to judge
+            for stream, limit in (("reward", self.p["reward_silence_s"]), ("episode", self.p["episode_silence_s"])):
+                last = r.last.get(stream, r.last.setdefault(f"{stream}_watch", now))
+                if now - last > limit:
+                    reasons.append(f"{_topic(r.ns, self.p[stream + '_topic'])} silent for {now - last:.0f} s "
+                                   "while observations arrive")
+        reason = "; ".join(reasons)
+        if reason and not self._paused_reason:
+            self.get_logger().warning(f"learning paused: {reason}")
+            self.inbox.put(("pause", {"reason": reason}))
+        elif not reason and self._paused_reason:
+            self.get_logger().info("learning resumed: reward and episode topics are live again")
+            self.inbox.put(("resume", {}))
+        self._paused_reason = reason
+
+    def _read_outbox(self) -> None:
+        while True:
+            try:
+                kind, m = self.outbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "status":
+                self.status = m
+                self._pace()
+            elif kind == "log":
+                getattr(self.get_logger(), m["level"])(m["text"])
+            elif kind in ("started", "resumed"):
+                self.status.update(m)
+                self.get_logger().info(f"learner {kind} (update {m['updates']}, env steps {m['env_steps']})")
+            elif kind == "exported":
+                self._hand_over(Path(m["path"]), m["updates"])
+            elif kind == "fatal":
+                self.get_logger().error(f"learner failed; the policy keeps its model: {m['text']}")
+        if self._learner_alive and not self.proc.is_alive():
+            self._learner_alive = False
+            self.get_logger().error(f"learner process exited ({self.proc.exitcode}); no further updates")
+
+    def _pace(self) -> None:
+        """pace_robot (simulation): hold the policies while the learner is behind updates_per_step.
+
+        Lock-step simulation runs far faster than a CPU learner; holding the policy (enabled=false)
+        stops the simulator, so the configured updates per environment step really hold. The chunk
+        in progress is cut by the pause; the join drops it ("partial_chunk"), never misattributes it.
+        """
+        if not self.p["pace_robot"] or not self._learner_alive:
+            return
+        lag = int(self.status.get("target_updates", 0)) - int(self.status.get("updates", 0))
+        hold = lag > self.p["max_update_lag"] if not self._robot_held else lag > self.p["max_update_lag"] // 2
+        if hold != self._robot_held:
+            self._robot_held = hold
+            if not hold:  # the silence clocks restart when the robot does
+                now = time.monotonic()
+                for r in self.robots.values():
+                    for stream in ("reward", "episode"):
+                        if stream in r.last:
+                            r.last[stream] = now
+            self.counts["robot_holds" if hold else "robot_releases"] += 1
+            self.get_logger().info(f"pace_robot: {'holding' if hold else 'releasing'} the policy (learner {lag} "
+                                   f"updates behind; {self.counts['robot_holds']} holds so far)",
+                                   throttle_duration_sec=10.0)
+            for r in self.robots.values():
+                if r.client is not None and r.client.service_is_ready():
+                    r.client.call_async(SetParameters.Request(parameters=[Parameter(
+                        name="enabled", value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=not hold))]))
+
+    def _hand_over(self, path: Path, updates: int) -> None:
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        self.last_model = sha
+        for r in self.robots.values():
+            self.models_sent += 1
+            if self.p["share_filesystem"]:
+                if not r.client.service_is_ready():
+                    self.get_logger().warning(f"{r.client.srv_name} not available; model {sha[:12]} not sent")
+                    continue
+                req = SetParameters.Request(parameters=[Parameter(name="model_path", value=ParameterValue(
+                    type=ParameterType.PARAMETER_STRING, string_value=str(path.resolve())))])
+                future = r.client.call_async(req)
+                future.add_done_callback(lambda f, ns=r.ns, s=sha: self._on_set_result(f, ns, s))
+            else:
+                msg = UInt8MultiArray()
+                msg.layout.dim = [MultiArrayDimension(label=sha, size=len(data), stride=1)]
+                msg.data = data
+                r.model_pub.publish(msg)
+                self.get_logger().info(f"model {sha[:12]} (update {updates}) published on "
+                                       f"{r.model_pub.topic_name} ({len(data)} bytes)")
+
+    def _on_set_result(self, future: Any, ns: str, sha: str) -> None:
+        try:
+            result = future.result().results[0]
+        except Exception as e:
+            self.models_refused += 1
+            self.get_logger().error(f"model {sha[:12]} -> [{ns or '/'}]: no answer ({e})")
+            return
+        if result.successful:
+            self.models_accepted += 1
+            self.get_logger().info(f"model {sha[:12]} accepted by [{ns or '/'}] {self.p['policy_node_name']}")
+        else:
+            self.models_refused += 1
+            self.get_logger().error(f"model {sha[:12]} refused by [{ns or '/'}]: {result.reason}")
+
+    # --- diagnostics ------------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        dropped: Counter[str] = Counter()
+        for r in self.robots.values():
+            dropped.update(r.joiner.dropped)
+        values: dict[str, Any] = {
+            "episodes": self.counts["episodes"], "env_steps": self.counts["env_steps"], "joined": self.counts["joined"],
+            "dropped_total": sum(dropped.values()) + sum(v for k, v in self.counts.items() if k.startswith("bad_")),
+            **{f"dropped_{k}": v for k, v in sorted(dropped.items())},
+            **{k: v for k, v in self.counts.items() if k.startswith("bad_")},
+            "models_sent": self.models_sent, "models_accepted": self.models_accepted,
+            "models_refused": self.models_refused, "last_model_sha256": self.last_model,
+            "learner_alive": self._learner_alive, "paused": self._paused_reason or "no",
+            "robot_held": self._robot_held, "robot_holds": self.counts["robot_holds"],
+            "republished_observations": sum(r.joiner.republished for r in self.robots.values()),
+        }
+        for k in ("updates", "target_updates", "learning", "replay_online", "replay_offline", "exports",
+                  "critic_loss", "q_mean", "topk_q", "nearest_pos"):
+            if k in self.status:
+                values[f"learner_{k}" if k in ("learning",) else k] = self.status[k]
+        status = DiagnosticStatus(name=f"{self.get_name()}: learner", hardware_id=self.get_fully_qualified_name())
+        if not self._learner_alive:
+            status.level, status.message = DiagnosticStatus.ERROR, "learner process exited"
+        elif self._paused_reason:
+            status.level, status.message = DiagnosticStatus.WARN, "paused: " + self._paused_reason
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = "learning" if self.status.get("learning") else "collecting"
+        status.values = [KeyValue(key=k, value=(("true" if v else "false") if isinstance(v, bool) else
+                                                f"{v:.6g}" if isinstance(v, float) else str(v)))
+                         for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Ask the learner to save and stop; give it `timeout_s`."""
+        if self.proc.is_alive():
+            try:
+                self.inbox.put(("stop", {}))
+            except Exception:
+                pass
+            self.proc.join(timeout_s)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = FinetuneNode()
+    except (ValueError, OSError) as e:
+        print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

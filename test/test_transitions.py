@@ -1,0 +1,188 @@
+"""Joining chunk transitions from observation / chunk / reward / episode streams (dfp_ros.learning.transitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfp_ros.learning.transitions import TransitionJoiner
+
+DT = 50_000_000  # 20 Hz in ns
+H = 3
+
+
+def _run_episode(j: TransitionJoiner, steps: int, end: str, t0: int = 0, chunk_every: int = H,
+                 reward: float = -1.0, skip_reward: int | None = None, shuffle: bool = False, seed: int = 0,
+                 causal: bool = False):
+    """Feed what a lock-step simulator + policy publish for one episode of `steps` steps (stamps k*DT)."""
+    calls = [("event", "start", t0)]
+    for i in range(steps):
+        t = t0 + i * DT
+        calls.append(("obs", t, np.full(2, i, np.float32)))
+        if i % chunk_every == 0:  # causal: stamped when published, after its observation
+            calls.append(("chunk", t + DT // 3 if causal else t, np.full((H, 1), i, np.float32)))
+        if i != skip_reward:
+            calls.append(("reward", t + DT, reward if i < steps - 1 or end != "success" else 0.0))
+    calls.append(("event", end, t0 + steps * DT))
+    if shuffle:  # separate DDS readers: the order between topics is arbitrary
+        order = np.random.default_rng(seed).permutation(len(calls))
+        calls = [calls[k] for k in order]
+        # Events of one topic still arrive in order.
+        events = [c for c in calls if c[0] == "event"]
+        events.sort(key=lambda c: c[2])
+        it = iter(events)
+        calls = [next(it) if c[0] == "event" else c for c in calls]
+    for c in calls:
+        if c[0] == "obs":
+            j.add_observation(c[1], c[2])
+        elif c[0] == "chunk":
+            j.add_chunk(c[1], c[2], causal=causal)
+        elif c[0] == "reward":
+            j.add_reward(c[1], c[2])
+        else:
+            j.add_event(c[1], c[2], now=0.0)
+    return j.flush()
+
+
+def test_a_successful_episode_joins_every_chunk_with_a_terminal_mask_at_the_end():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=7, end="success")  # chunks at 0, 3, 6; success after step 6
+    assert rec.steps == 7 and rec.chunks == 3 and rec.success
+    assert rec.episode_return == -6.0
+    t0, t1, t2 = rec.transitions
+    assert t0.state[0] == 0 and t0.chunk[0, 0] == 0 and t0.next_state[0] == 3 and t0.mask == 1.0
+    np.testing.assert_array_equal(t0.rewards, [-1, -1, -1])
+    assert t1.state[0] == 3 and t1.next_state[0] == 6 and t1.mask == 1.0
+    # The last chunk ran one step (step 6) before the episode terminated: rewards past the end are 0.
+    assert t2.state[0] == 6 and t2.mask == 0.0
+    np.testing.assert_array_equal(t2.rewards, [0, 0, 0])
+    assert rec.dropped == {} and j.joined == 3
+
+
+def test_terminal_inside_a_chunk_zeroes_the_rewards_after_the_end():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=5, end="success")  # chunks at 0, 3; the second runs steps 3, 4
+    last = rec.transitions[-1]
+    assert last.mask == 0.0
+    np.testing.assert_array_equal(last.rewards, [-1, 0, 0])  # step 3: -1, step 4 (success): 0, then nothing
+
+
+def test_a_timeout_drops_the_last_chunk_as_truncated():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=6, end="timeout")
+    assert [t.state[0] for t in rec.transitions] == [0]  # chunk at 3 has no observation at 6
+    assert rec.dropped == {"truncated": 1}
+    assert all(t.mask == 1.0 for t in rec.transitions)
+
+
+def test_discounted_return_of_a_transition():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=7, end="success")
+    assert rec.transitions[0].discounted_return(0.5) == pytest.approx(-1 - 0.5 - 0.25)
+
+
+def test_a_missing_reward_drops_only_the_chunk_that_contains_that_step():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=7, end="success", skip_reward=4)
+    assert [t.state[0] for t in rec.transitions] == [0, 6]
+    assert rec.dropped == {"reward_mismatch": 1}
+    # Sparse rewards (a human, a detector): missing means 0, nothing dropped.
+    j2 = TransitionJoiner(H, reward_mode="sum")
+    (rec2,) = _run_episode(j2, steps=7, end="success", skip_reward=4)
+    assert len(rec2.transitions) == 3 and rec2.dropped == {}
+    np.testing.assert_array_equal(rec2.transitions[1].rewards, [-1, 0, -1])
+
+
+def test_a_chunk_replaced_early_is_dropped_as_partial():
+    j = TransitionJoiner(H)
+    (rec,) = _run_episode(j, steps=7, end="success", chunk_every=2)  # re-plans every 2 steps < H
+    assert rec.transitions == [] or all(t.mask == 0.0 for t in rec.transitions)
+    assert rec.dropped.get("partial_chunk", 0) >= 3
+
+
+def test_a_chunk_without_its_observation_is_counted_and_dropped_never_guessed():
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    for i in range(4):
+        j.add_observation(i * DT, np.zeros(2))
+        j.add_reward((i + 1) * DT, -1.0)
+    j.add_chunk(0, np.zeros((H, 1)))
+    j.add_chunk(DT + 7, np.zeros((H, 1)))  # a stamp no observation has
+    j.add_event("timeout", 4 * DT)
+    (rec,) = j.flush()
+    assert rec.dropped["chunk_without_observation"] == 1
+
+
+def test_arrival_order_between_topics_does_not_matter():
+    ref = _run_episode(TransitionJoiner(H), steps=10, end="success")[0]
+    for seed in range(5):
+        rec = _run_episode(TransitionJoiner(H), steps=10, end="success", shuffle=True, seed=seed)[0]
+        assert len(rec.transitions) == len(ref.transitions) == 4 and rec.dropped == {}
+        for a, b in zip(rec.transitions, ref.transitions, strict=True):
+            np.testing.assert_array_equal(a.state, b.state)
+            np.testing.assert_array_equal(a.rewards, b.rewards)
+            assert a.mask == b.mask
+
+
+def test_consecutive_episodes_and_a_late_joiner():
+    j = TransitionJoiner(H)
+    # Joined mid-episode: no start seen, its chunks are counted as a partial episode.
+    j.add_observation(0, np.zeros(2))
+    j.add_chunk(0, np.zeros((H, 1)))
+    j.add_event("timeout", DT)
+    assert j.flush() == [] and j.dropped["partial_episode"] == 1
+    recs = _run_episode(j, 7, "success", t0=DT) + _run_episode(j, 6, "timeout", t0=8 * DT)
+    assert [len(r.transitions) for r in recs] == [3, 1]
+    assert j.joined == 4 and j.episodes == 2
+
+
+def test_poll_waits_for_the_grace_period():
+    j = TransitionJoiner(H, grace_s=0.5)
+    j.add_event("start", 0, now=0.0)
+    j.add_observation(0, np.zeros(2))
+    j.add_chunk(0, np.zeros((H, 1)))
+    j.add_event("success", DT, now=10.0)
+    assert j.poll(10.2) == []
+    j.add_reward(DT, 0.0)  # the last reward arrives after the end event (another reader)
+    (rec,) = j.poll(10.6)
+    assert len(rec.transitions) == 1 and rec.dropped == {}
+
+
+def test_causal_join_attaches_a_chunk_to_the_newest_observation_published_before_it():
+    for seed in range(3):
+        rec = _run_episode(TransitionJoiner(H), steps=10, end="success", causal=True, shuffle=True, seed=seed)[0]
+        assert [t.state[0] for t in rec.transitions] == [0, 3, 6, 9] and rec.dropped == {}
+        assert all(t.chunk[0, 0] == t.state[0] for t in rec.transitions)
+
+
+def test_two_causal_chunks_on_one_observation_are_ambiguous_and_dropped():
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    for i in range(6):
+        j.add_observation(i * DT + 1, np.zeros(2))
+        j.add_reward(i * DT + 2, -1.0)
+    j.add_chunk(3, np.zeros((H, 1)), causal=True)
+    j.add_chunk(4, np.zeros((H, 1)), causal=True)  # a second chunk before the next observation
+    j.add_chunk(3 * DT + 3, np.zeros((H, 1)), causal=True)
+    j.add_event("success", 6 * DT)
+    (rec,) = j.flush()
+    assert rec.dropped["ambiguous_chunk"] == 2 and rec.chunks == 3
+
+
+def test_a_republished_observation_is_not_a_step():
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    t = 0
+    for i in range(6):
+        t += 10
+        j.add_observation(t, np.full(2, i, np.float32))
+        if i == 2:  # the simulator waits and sends the same observation again
+            t += 10
+            j.add_observation(t, np.full(2, i, np.float32))
+        if i in (0, 3):
+            j.add_chunk(t + 1, np.full((H, 1), i, np.float32), causal=True)
+        j.add_reward(t + 2, -1.0)
+    j.add_event("success", t + 5)
+    (rec,) = j.flush()
+    assert rec.steps == 6 and j.republished == 1
+    assert [tr.state[0] for tr in rec.transitions] == [0, 3] and rec.dropped == {}
