@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,14 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from dfp_ros.live_demo import node_command, stop_process
+
 EVAL_SEED = 100_000
 TRAIN_SEED = 1_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="outputs/bench_finetune", help="datasets, runs, models, logs")
-    p.add_argument("--demos", type=int, default=10, help="oracle demonstrations for the weak BC policy")
-    p.add_argument("--bc-steps", type=int, default=1000, help="offline BC (+ critic) training steps")
+    p.add_argument("--demos", type=int, default=20, help="oracle demonstrations for the weak BC policy")
+    p.add_argument("--bc-steps", type=int, default=500, help="offline BC (+ critic) training steps")
     p.add_argument("--hidden", default="256,256,256", help="actor and critic MLP widths")
     p.add_argument("--minutes", type=float, default=20.0, help="wall time of fine-tuning through the ROS graph")
     p.add_argument("--eval-episodes", type=int, default=50)
@@ -67,24 +68,6 @@ def _evaluate(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, 
     rng = np.random.default_rng(seed)
     res = evaluate(lambda s: rt.act(s, None, rng).chunk, episodes, task_id=task_id, seed=seed)
     return {**res, "model_sha256": rt.sha256}
-
-
-def _node_cmd(module: str, params: dict[str, Any]) -> list[str]:
-    cmd = [sys.executable, "-m", module, "--ros-args"]
-    for k, v in params.items():
-        text = ("true" if v else "false") if isinstance(v, bool) else str(v)
-        cmd += ["-p", f"{k}:={text}"]
-    return cmd
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
 
 
 def _cpu_s() -> float:
@@ -137,18 +120,18 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
     procs: dict[str, subprocess.Popen] = {}
     t0 = time.monotonic()
     try:
-        procs["finetune_node"] = subprocess.Popen(_node_cmd("dfp_ros.nodes.finetune_node", learner), env=env,
+        procs["finetune_node"] = subprocess.Popen(node_command("dfp_ros.nodes.finetune_node", learner), env=env,
                                                   stdout=files["finetune_node"], stderr=subprocess.STDOUT)
         while "finetune_node" not in diag:
             ex.spin_once(timeout_sec=0.2)
             if procs["finetune_node"].poll() is not None or time.monotonic() - t0 > 120:
                 raise RuntimeError(f"finetune_node did not come up; see {logs / 'finetune_node.log'}")
-        procs["sim_robot_node"] = subprocess.Popen(_node_cmd("dfp_ros.nodes.sim_robot_node", sim), env=env,
+        procs["sim_robot_node"] = subprocess.Popen(node_command("dfp_ros.nodes.sim_robot_node", sim), env=env,
                                                    stdout=files["sim_robot_node"], stderr=subprocess.STDOUT)
         while node.count_publishers("/episode") < 1:
             ex.spin_once(timeout_sec=0.1)
         ex.spin_once(timeout_sec=0.5)
-        procs["policy_node"] = subprocess.Popen(_node_cmd("dfp_ros.nodes.policy_node", policy), env=env,
+        procs["policy_node"] = subprocess.Popen(node_command("dfp_ros.nodes.policy_node", policy), env=env,
                                                 stdout=files["policy_node"], stderr=subprocess.STDOUT)
         t_start = time.monotonic()
         next_report = t_start + 30
@@ -168,7 +151,7 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
                      f"{f.get('critic_loss', '?')}, control rate {rates[-1] if rates else float('nan'):.0f} Hz")
         wall = time.monotonic() - t_start
     finally:
-        codes = {n: _stop(p) for n, p in reversed(list(procs.items()))}
+        codes = {n: stop_process(p, timeout=60.0) for n, p in reversed(list(procs.items()))}
         for f in files.values():
             f.close()
         ex.shutdown()

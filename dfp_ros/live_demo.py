@@ -35,7 +35,8 @@ def demo_env(domain: int | None = None) -> dict[str, str]:
     return env
 
 
-def _node_cmd(module: str, params: dict[str, object]) -> list[str]:
+def node_command(module: str, params: dict[str, object]) -> list[str]:
+    """`python -m module --ros-args -p k:=v ...` for a node process."""
     cmd = [sys.executable, "-m", module, "--ros-args"]
     for k, v in params.items():
         text = ("true" if v else "false") if isinstance(v, bool) else str(v)
@@ -43,7 +44,8 @@ def _node_cmd(module: str, params: dict[str, object]) -> list[str]:
     return cmd
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT (a clean rclpy shutdown), SIGKILL after `timeout`; returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -99,14 +101,14 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
     try:
         # The simulator first: it steps only once commands come. The policy starts once this monitor
         # has discovered the simulator, so no episode event is published before anyone listens.
-        procs["sim_robot_node"] = subprocess.Popen(_node_cmd("dfp_ros.nodes.sim_robot_node", sim_params), env=env,
+        procs["sim_robot_node"] = subprocess.Popen(node_command("dfp_ros.nodes.sim_robot_node", sim_params), env=env,
                                                    stdout=logs["sim_robot_node"], stderr=subprocess.STDOUT)
         while node.count_publishers(contracts.TOPIC_EPISODE) < 1:
             executor.spin_once(timeout_sec=0.1)
             if procs["sim_robot_node"].poll() is not None or time.monotonic() - t0 > 60:
                 raise RuntimeError(f"sim_robot_node did not come up; see {log_dir / 'sim_robot_node.log'}")
         executor.spin_once(timeout_sec=0.5)  # let the simulator match this subscription too
-        procs["policy_node"] = subprocess.Popen(_node_cmd("dfp_ros.nodes.policy_node", policy_params), env=env,
+        procs["policy_node"] = subprocess.Popen(node_command("dfp_ros.nodes.policy_node", policy_params), env=env,
                                                 stdout=logs["policy_node"], stderr=subprocess.STDOUT)
         ended = 0
         while True:
@@ -131,7 +133,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
                 procs["sim_robot_node"].wait(5.0)
             except subprocess.TimeoutExpired:
                 pass
-        codes = {name: _stop(p) for name, p in procs.items()}
+        codes = {name: stop_process(p) for name, p in procs.items()}
         for f in logs.values():
             f.close()
         executor.shutdown()
