@@ -102,5 +102,5 @@ def test_sim_oracle_collect_records_episodes_that_match_what_was_published(tmp_p
 
     out = tmp_path / "run"
     assert main(["train", "--root", str(root), "--output", str(out), "--steps", "3", "--hidden", "32,32",
-                 "--batch-size", "16", "--num-gen", "4", "--no-progress", "--log-every", "1", "--no-compile"]) == 0
+                 "--batch-size", "16", "--num-gen", "4", "--no-progress", "--log-every", "1"]) == 0
     assert (out / "checkpoints" / "last").is_dir()

@@ -17,7 +17,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
@@ -197,10 +196,14 @@ def test_a_restarted_learner_resumes_from_its_checkpoint(world):
     procs["finetune"] = start_node("dfp_ros.nodes.finetune_node", finetune_params(world["ckpt"], world["out"]),
                                    world["env"], log_dir=world["tmp"])
     assert procs["finetune"].wait_for_log("learner resumed", timeout=60), procs["finetune"].log()
-    assert re.search(rf"resumed from .* at update {step}\b", procs["finetune"].log())
+    found = re.search(r"resumed from .* at update (\d+)\b", procs["finetune"].log())
+    assert found, procs["finetune"].log()
+    # The SIGKILL can land while a checkpoint is being written: its training state (which resume
+    # reads) may then be newer than its config.json, never older.
+    resumed = int(found.group(1))
+    assert resumed >= step
     world["graph"].spin_for(3.0)
-    assert int(_diag(world["diag"], "finetune_node").get("updates", "0")) >= step
-    assert np.isfinite(step)
+    assert int(_diag(world["diag"], "finetune_node").get("updates", "0")) >= resumed
 
 
 def test_a_silent_reward_topic_pauses_learning_with_a_log_line(tmp_path):

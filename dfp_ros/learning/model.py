@@ -70,17 +70,20 @@ class DFPModel(nn.Module):
 
 def save_checkpoint(folder: Path, model: DFPModel, extra: dict[str, Any],
                     training_state: dict[str, Any] | None = None) -> None:
-    """Write atomically enough for resume: files go to a temp name, then are renamed."""
+    """Write every file under a temporary name first, then rename them one after the other, so a
+    process killed while saving leaves the previous checkpoint (or, within microseconds, a mix of
+    two consecutive ones), never a half-written file."""
     folder.mkdir(parents=True, exist_ok=True)
+    names = [WEIGHTS_FILE, CONFIG_FILE] + ([TRAINING_STATE_FILE] if training_state is not None else [])
+    tmp = {name: folder / (name + ".tmp") for name in names}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(folder / (WEIGHTS_FILE + ".tmp")))
+    save_file(weights, str(tmp[WEIGHTS_FILE]))
     config = {"model_config": model.cfg.to_dict(), "metadata": model.meta.to_dict(), **extra}
-    (folder / (CONFIG_FILE + ".tmp")).write_text(json.dumps(config, indent=2))
+    tmp[CONFIG_FILE].write_text(json.dumps(config, indent=2))
     if training_state is not None:
-        torch.save(training_state, folder / (TRAINING_STATE_FILE + ".tmp"))
-        (folder / (TRAINING_STATE_FILE + ".tmp")).replace(folder / TRAINING_STATE_FILE)
-    (folder / (WEIGHTS_FILE + ".tmp")).replace(folder / WEIGHTS_FILE)
-    (folder / (CONFIG_FILE + ".tmp")).replace(folder / CONFIG_FILE)
+        torch.save(training_state, tmp[TRAINING_STATE_FILE])
+    for name in names:
+        tmp[name].replace(folder / name)
 
 
 def load_checkpoint(folder: Path | str, map_location: str = "cpu") -> tuple[DFPModel, dict[str, Any]]:
