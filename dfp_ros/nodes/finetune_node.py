@@ -54,12 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
@@ -68,6 +66,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dfp_ros import contracts
 from dfp_ros.learning.learner_loop import LoopConfig, learner_main
 from dfp_ros.learning.transitions import REWARD_MODES, EpisodeRecord, TransitionJoiner
+from dfp_ros.nodes.node_main import run_node
 
 NODE_NAME = "finetune_node"
 JOIN_MODES = ("causal", "stamp")
@@ -443,26 +442,17 @@ class FinetuneNode(Node):
                 self.proc.kill()
 
 
+def _cannot_start(err: BaseException) -> tuple[str, int]:
+    return f"cannot start: {err}", 1
+
+
+def _close(node: FinetuneNode, signalled: bool) -> None:
+    node.shutdown()  # stops the learner process, which saves its state
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = FinetuneNode()
-    except (ValueError, OSError) as e:
-        print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(FinetuneNode, NODE_NAME, args=args, config_errors=(ValueError, OSError),
+                    describe_error=_cannot_start, close=_close)
 
 
 if __name__ == "__main__":

@@ -71,13 +71,11 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -88,6 +86,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dfp_ros import contracts
 from dfp_ros.contracts import ContractError
+from dfp_ros.nodes.node_main import run_node
 from dfp_ros.runtime.chunk_queue import MERGE_RULES, ChunkQueue
 from dfp_ros.runtime.observation import (
     STATE_SOURCE_TYPES,
@@ -705,26 +704,15 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _cannot_start(err: BaseException) -> tuple[str, int]:
+    # A node without a valid model or configuration must not start half-way.
+    return f"cannot start: {err}", 1
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = PolicyNode()
-    except (ContractError, ValueError, InvalidParameterTypeException) as e:
-        # A node without a valid model or configuration must not start half-way.
-        print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = SingleThreadedExecutor()  # see the module docstring for why not MultiThreadedExecutor
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, NODE_NAME, args=args,
+                    config_errors=(ContractError, ValueError, InvalidParameterTypeException),
+                    describe_error=_cannot_start)
 
 
 if __name__ == "__main__":
