@@ -5,13 +5,13 @@ and the parameter file holds only parameters the nodes really declare (asked fro
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from launch_files import console_scripts, launch_nodes
 from ros_graph import RosGraph, declared_parameters, domain_id, ros_env, running_node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,19 +20,10 @@ CONFIG = ROOT / "config" / "collect.yaml"
 EXECUTABLES = {"sim_robot_node", "oracle_teleop_node", "joy_teleop_node", "realsense_node", "collect_node"}
 
 
-def _launch_nodes(path: Path) -> list[dict[str, str]]:
-    nodes = []
-    for call in ast.walk(ast.parse(path.read_text())):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
-            nodes.append({k.arg: k.value.value for k in call.keywords
-                          if isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)})
-    return nodes
-
-
 def test_every_executable_the_launch_names_exists_and_is_a_console_script():
-    nodes = _launch_nodes(LAUNCH)
+    nodes = launch_nodes(LAUNCH)
     assert {n["executable"] for n in nodes} == EXECUTABLES
-    scripts = dict(re.findall(r'"(\w+) = ([\w.]+):main"', (ROOT / "setup.py").read_text()))
+    scripts = console_scripts()
     for node in nodes:
         assert node["package"] == "dfp_ros" and node["name"] == node["executable"]
         module = f"dfp_ros.nodes.{node['executable']}"

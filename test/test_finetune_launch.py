@@ -6,14 +6,14 @@ file holds only parameters the nodes really declare (asked from the running node
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from ros_graph import RosGraph, domain_id, ros_env, running_node
+from launch_files import launch_nodes
+from ros_graph import RosGraph, declared_parameters, domain_id, ros_env, running_node
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "finetune.launch.py"
@@ -22,17 +22,8 @@ MODULES = {"finetune_node": "dfp_ros.nodes.finetune_node", "policy_node": "dfp_r
            "sim_robot_node": "dfp_ros.nodes.sim_robot_node"}
 
 
-def _nodes() -> list[dict[str, str]]:
-    nodes = []
-    for call in ast.walk(ast.parse(LAUNCH.read_text())):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
-            nodes.append({k.arg: k.value.value for k in call.keywords
-                          if isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)})
-    return nodes
-
-
 def test_launch_names_existing_nodes_files_and_declared_arguments():
-    nodes = _nodes()
+    nodes = launch_nodes(LAUNCH)
     assert {n["executable"] for n in nodes} == set(MODULES)
     for n in nodes:
         assert n["package"] == "dfp_ros" and n["name"] == n["executable"]
@@ -44,16 +35,6 @@ def test_launch_names_existing_nodes_files_and_declared_arguments():
     for folder, name in re.findall(r'PathJoinSubstitution\(\[share, "(\w+)", "([\w.]+)"\]\)', text):
         assert (ROOT / folder / name).is_file()
     compile(text, str(LAUNCH), "exec")
-
-
-def _declared(node_name: str, graph: RosGraph) -> set[str]:
-    from rcl_interfaces.srv import ListParameters
-
-    client = graph.node.create_client(ListParameters, f"/{node_name}/list_parameters")
-    assert client.wait_for_service(timeout_sec=60.0), f"{node_name} did not come up"
-    future = client.call_async(ListParameters.Request())
-    graph.spin_until(future.done, timeout=10.0)
-    return set(future.result().result.names)
 
 
 def test_finetune_parameters_in_the_file_are_declared_by_the_node(tmp_path):
@@ -68,7 +49,7 @@ def test_finetune_parameters_in_the_file_are_declared_by_the_node(tmp_path):
     params = {"init_checkpoint": str(ckpt), "output_dir": str(tmp_path / "out")}
     with running_node(MODULES["finetune_node"], params, ros_env(dom), params_file=CONFIG, log_dir=tmp_path) as proc, \
             RosGraph(dom) as graph:
-        declared = _declared("finetune_node", graph)
+        declared = declared_parameters(graph, "finetune_node")
         assert proc.poll() is None, proc.log()
     assert wanted <= declared, sorted(wanted - declared)
 

@@ -7,13 +7,13 @@ parameter file holds only parameters the nodes really declare (asked from the ru
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from launch_files import console_scripts, launch_nodes
 from ros_graph import RosGraph, declared_parameters, domain_id, ros_env, running_node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,24 +21,9 @@ LAUNCH = ROOT / "launch" / "policy.launch.py"
 CONFIG = ROOT / "config" / "policy.yaml"
 
 
-def _launch_nodes(path: Path) -> list[dict[str, str]]:
-    """The string keyword arguments of every Node(...) call in a launch file."""
-    nodes = []
-    for call in ast.walk(ast.parse(path.read_text())):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
-            nodes.append({k.arg: k.value.value for k in call.keywords
-                          if isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)})
-    return nodes
-
-
-def _console_scripts() -> dict[str, str]:
-    text = (ROOT / "setup.py").read_text()
-    return dict(re.findall(r'"(\w+) = ([\w.]+):main"', text))
-
-
 def test_every_executable_and_file_the_launch_names_exists():
-    scripts = _console_scripts()
-    nodes = _launch_nodes(LAUNCH)
+    scripts = console_scripts()
+    nodes = launch_nodes(LAUNCH)
     assert {n["executable"] for n in nodes} == {"policy_node", "sim_robot_node"}
     for node in nodes:
         assert node["package"] == "dfp_ros"
