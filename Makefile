@@ -35,4 +35,4 @@ bench-finetune: setup  ## weak BC policy -> RL fine-tuning through ROS, 50-episo
 	$(PY) -m dfp_ros.cli bench finetune
 
 bench-collect: setup  ## recording benchmark: 2 x 640x480 @ 30 Hz + 200 Hz joint states, 2 min
-	FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA $(PY) -m dfp_ros.data.collect_bench --duration 120
+	$(PY) -m dfp_ros.data.collect_bench --duration 120

@@ -17,6 +17,11 @@ Per model, two runs of `duration_s` each, after dropping the first `warmup_s` of
    node's own missed_ticks from /diagnostics.
 In both, CPU use of the node process (utime+stime over the measured window, % of one core) and its
 peak RSS (VmHWM). Goals from issue 3 are printed as met / not met; the last line is one JSON object.
+The node's own diagnostics add the part of the latency spent inside it (observation stamp -> chunk
+handed to the publisher). The bench's receiver spins the policy node's executor (EventsExecutor
+unless DFP_ROS_EXECUTOR=single), so the receiving side adds as little as the
+node's. `--control-thread-priority N` runs the node's control thread under SCHED_FIFO in the 50 Hz
+runs (what a robot computer would do; the JSON says which was used).
 
 torch is needed only to build the two models; with --state-model / --image-model (existing ONNX
 files of the same shapes) the bench runs in the deploy profile too.
@@ -207,9 +212,10 @@ class Probe:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
         from trajectory_msgs.msg import JointTrajectory
+
+        from dfp_ros.nodes.node_main import executor_from_env, make_executor
 
         # Set while the probe is open (restored by close()), as rmw reads the discovery range from the environment.
         self._saved_env = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
@@ -219,7 +225,11 @@ class Probe:
         # No rclpy signal handler: Ctrl-C stays a KeyboardInterrupt, so the bench's `finally` stops the nodes.
         rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("latency_bench", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
+        # The policy node's executor (EventsExecutor unless DFP_ROS_EXECUTOR says otherwise): the receiving
+        # side then adds as little of its own delay as the node's side, so the figures describe the node.
+        self.executor, fallback = make_executor(executor_from_env("events"), context=self.context)
+        if fallback:
+            print(f"latency bench: {fallback}", file=sys.stderr)
         self.executor.add_node(self.node)
         self.chunks: list[tuple[float, float, int]] = []  # (arrival monotonic s, latency ms, stamp ns)
         self.commands: list[tuple[float, int]] = []  # (arrival monotonic s, header stamp ns set by the node)
@@ -286,7 +296,7 @@ class RunResult:
 
 
 def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmup_s: float,
-         control_rate_hz: float, domain: int, log_dir: Path) -> RunResult:
+         control_rate_hz: float, domain: int, log_dir: Path, control_thread_priority: int = 0) -> RunResult:
     """Start node + publisher, drop `warmup_s` after the first output, measure `duration_s`, stop both."""
     env = bench_env(domain)
     params: dict[str, Any] = {
@@ -304,7 +314,7 @@ def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmu
         # One-point JointTrajectory commands: the node stamps each as it publishes it, which tells the
         # node's own tick jitter apart from what transport and the receiving executor add.
         params.update(trigger="timer", control_rate_hz=float(control_rate_hz), enabled=True,
-                      command_type="joint_trajectory")
+                      command_type="joint_trajectory", control_thread_priority=int(control_thread_priority))
     node_cmd = [sys.executable, "-m", NODE_MODULE, *_param_args(params), "-r", f"__ns:={NAMESPACE}"]
     pub_cmd = [sys.executable, "-m", "dfp_ros.latency_bench", "--publish", "--rate", str(model.obs_rate_hz),
                "--joints", str(model.joints), "--parent", str(os.getpid())]
@@ -403,7 +413,8 @@ def machine_info() -> dict[str, Any]:
 def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, control_rate_hz: float = 50.0,
                       state_rate_hz: float = 50.0, image_rate_hz: float = 30.0, domain: int | None = None,
                       state_model: str | Path | None = None, image_model: str | Path | None = None,
-                      work_dir: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
+                      work_dir: str | Path | None = None, control_thread_priority: int = 0,
+                      progress: Callable[[str], None] | None = None) -> dict:
     """Run all four measurements; returns the figures (the JSON `dfp bench latency` prints)."""
     say = progress or (lambda _msg: None)
     domain = 1 + os.getpid() % 100 if domain is None else domain
@@ -418,8 +429,12 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
         say(f"  exported in {time.monotonic() - t:.1f} s")
     models = [BenchModel("state", Path(state_model), STATE_JOINTS, False, state_rate_hz),
               BenchModel("image", Path(image_model), IMAGE_JOINTS, True, image_rate_hz)]
+    from dfp_ros.nodes.node_main import executor_from_env  # rclpy: imported only where the bench runs
+
     result: dict[str, Any] = {"machine": machine_info(), "duration_s": duration_s, "warmup_s": warmup_s,
-                              "control_rate_hz": control_rate_hz, "ros_domain_id": domain, "logs": str(work)}
+                              "control_rate_hz": control_rate_hz, "ros_domain_id": domain, "logs": str(work),
+                              "executor": executor_from_env("events"),
+                              "control_thread_priority": control_thread_priority}
     probe = Probe(domain)
     try:
         for m in models:
@@ -429,7 +444,8 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
                        control_rate_hz=control_rate_hz, domain=domain, log_dir=work)
             say(f"{m.name} model: control ticks at {control_rate_hz:g} Hz ({duration_s:g} s) ...")
             jit = _run(probe, m, mode="jitter", duration_s=duration_s, warmup_s=warmup_s,
-                       control_rate_hz=control_rate_hz, domain=domain, log_dir=work)
+                       control_rate_hz=control_rate_hz, domain=domain, log_dir=work,
+                       control_thread_priority=control_thread_priority)
             period_ms = 1e3 / control_rate_hz
             dev = np.abs(np.asarray(jit.intervals_ms) - period_ms)
             node_dev = np.abs(np.asarray(jit.stamp_intervals_ms) - period_ms)
@@ -445,6 +461,9 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
                 "commands": len(jit.intervals_ms) + 1,
                 "command_rate_hz": 1e3 / float(np.mean(jit.intervals_ms)),
                 "missed_ticks": int(_diag_float(jit.diagnostics, "missed_ticks")) if jit.diagnostics else -1,
+                "control_thread_scheduling": jit.diagnostics.get("control_thread_scheduling", "unknown"),
+                "obs_to_chunk_in_node_p50_ms": _diag_float(lat.diagnostics, "obs_to_chunk_p50_ms"),
+                "obs_to_chunk_in_node_p99_ms": _diag_float(lat.diagnostics, "obs_to_chunk_p99_ms"),
                 "cpu_pct_latency_run": lat.cpu_pct, "cpu_pct_jitter_run": jit.cpu_pct,
                 "peak_rss_mb": max(lat.peak_rss_mb, jit.peak_rss_mb),
                 "machine_busy_pct_latency_run": lat.machine_busy_pct,
@@ -464,6 +483,8 @@ def format_table(res: dict) -> str:
     rows = [("observation -> chunk latency p50 (ms)", "latency_p50_ms"),
             ("observation -> chunk latency p99 (ms)", "latency_p99_ms"),
             ("  node's own inference p50 / p99 (ms)", None),
+            ("  in the node, obs stamp -> chunk p50 (ms)", "obs_to_chunk_in_node_p50_ms"),
+            ("  in the node, obs stamp -> chunk p99 (ms)", "obs_to_chunk_in_node_p99_ms"),
             ("chunks measured", "chunks"),
             ("  repeating the previous chunk's stamp", "chunks_with_repeated_stamp"),
             (f"command interval |dt - {1e3 / res['control_rate_hz']:g} ms| p99 (ms)", "jitter_p99_ms"),
@@ -480,7 +501,8 @@ def format_table(res: dict) -> str:
     m = res["machine"]
     lines = [f"dfp bench latency — {m['cpu_count']} CPUs ({m['cpu_model']}), onnxruntime {m['onnxruntime']}, "
              f"{res['duration_s']:g} s per measurement after {res['warmup_s']:g} s warm-up; load average "
-             f"{m['loadavg_1m_start']:.2f} -> {m['loadavg_1m_end']:.2f}",
+             f"{m['loadavg_1m_start']:.2f} -> {m['loadavg_1m_end']:.2f}; executor {res['executor']}, control "
+             f"thread {res['state']['control_thread_scheduling']}",
              f"{'':44}{'state (best-of-16)':>20}{'image 96x96':>16}"]
     for label, key in rows:
         if key is None:
@@ -578,6 +600,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-model", default=None, help="an existing one-camera ONNX model (camera 'front', "
                                                        "7 joints) instead of building one with torch")
     p.add_argument("--work-dir", default=None, help="where models and process logs go; None: a new temp dir")
+    p.add_argument("--control-thread-priority", type=int, default=0,
+                   help="the node's control_thread_priority in the 50 Hz runs (SCHED_FIFO 1-99; 0 = ordinary)")
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -591,6 +615,7 @@ def run_from_args(a: argparse.Namespace) -> int:
         res = run_latency_bench(duration_s=a.duration, warmup_s=a.warmup, control_rate_hz=a.control_rate,
                                 state_rate_hz=a.state_rate, image_rate_hz=a.image_rate, domain=a.domain,
                                 state_model=a.state_model, image_model=a.image_model, work_dir=a.work_dir,
+                                control_thread_priority=a.control_thread_priority,
                                 progress=lambda msg: print(msg, flush=True))
     except BenchError as e:
         print(f"dfp bench latency: error: {e}", file=sys.stderr)

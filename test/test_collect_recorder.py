@@ -1,19 +1,27 @@
-"""ROS-free parts of the recorder: sampling, trigger ordering, episode control, features, the writer,
-and the state-only oracle (issue 4)."""
+"""ROS-free parts of the recorder: sampling, trigger ordering, episode control, features, the writer
+(in-process and in its own process), and the state-only oracle (issue 4)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
 
 from dfp_ros.data.recorder import (
+    IMAGE_PREFIX,
     RECORDING,
     STOPPED,
     DatasetWriter,
     EpisodeControl,
     FeatureMismatch,
     FrameSampler,
+    ProcessWriter,
     TriggerQueue,
+    WriterInfo,
     build_features,
     check_features,
     to_frame,
@@ -98,6 +106,77 @@ def test_features_and_mismatch_message_names_the_feature(tmp_path):
     with pytest.raises(FileExistsError, match="append"):
         DatasetWriter(root, "local/t", 10, f)
     assert sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()) == before
+
+
+def _load(root):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    return LeRobotDataset("local/t", root=root, video_backend="pyav")
+
+
+def test_process_writer_writes_every_accepted_frame_in_order_and_reports_open_errors(tmp_path):
+    f = build_features(["j1.pos"], ["a"], {"front": (24, 32)})
+    root = tmp_path / "ds"
+    saved = []
+    w = ProcessWriter(dict(root=root, repo_id="local/t", fps=10, features=f), {IMAGE_PREFIX + "front": (24, 32, 3)},
+                      slots=2, on_saved=lambda *a: saved.append(a))
+    assert w.wait_ready(120) == WriterInfo(appended=False, episodes_at_open=0, total_episodes=0)
+    accepted = []
+    for i in range(20):  # as fast as it goes: with 2 slots a frame may be refused, never written half or twice
+        if w.add_frame(to_frame([i], [2 * i], {"front": np.full((24, 32, 3), 10 * i, np.uint8)}), "task"):
+            accepted.append(i)
+    assert accepted[:2] == [0, 1]
+    w.save()
+    assert w.close(120)
+    assert w.stats.saved_lengths == [len(accepted)] and not w.stats.error
+    assert saved and saved[0][:2] == (0, len(accepted))
+    ds = _load(root)
+    assert len(ds) == len(accepted)
+    for k, i in enumerate(accepted):  # each frame's image travelled with its own state (flat images: lossless)
+        item = ds[k]
+        assert float(item["observation.state"].reshape(-1)[0]) == i and float(item["action"].reshape(-1)[0]) == 2 * i
+        assert abs(float(item[IMAGE_PREFIX + "front"].mean()) * 255 - 10 * i) < 3
+
+    other = ProcessWriter(dict(root=root, repo_id="local/t", fps=10, features=build_features(["j1.pos"], ["a", "b"]),
+                               append=True), {}, slots=1)
+    with pytest.raises(FeatureMismatch, match="action: shape"):
+        other.wait_ready(120)
+    other.close(10)
+    assert len(_load(root)) == len(accepted)  # nothing was written by the refused writer
+
+
+def test_process_writer_finalizes_the_dataset_when_its_node_is_killed(tmp_path):
+    """The node process dies (SIGKILL, nothing closed): its writer process still writes the saved episode
+    and finalizes, so the dataset loads; the episode that was in progress is not kept."""
+    root = tmp_path / "ds"
+    script = textwrap.dedent(f"""
+        import os, signal, threading
+        import numpy as np
+        from dfp_ros.data.recorder import ProcessWriter, build_features, to_frame
+        saved = threading.Event()
+        w = ProcessWriter(dict(root={str(root)!r}, repo_id="local/t", fps=10, features=build_features(["s"], ["a"])),
+                          {{}}, slots=4, on_saved=lambda *a: saved.set())
+        w.wait_ready(120)
+        for i in range(3):
+            assert w.add_frame(to_frame([i], [i]), "task")
+        w.save()
+        assert saved.wait(120)
+        for i in range(2):  # an episode in progress
+            w.add_frame(to_frame([9], [9]), "task")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            ds = _load(root)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert ds.meta.total_episodes == 1 and len(ds) == 3
 
 
 def test_state_oracle_rebuilds_the_planner_inputs_from_the_published_state():

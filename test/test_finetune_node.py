@@ -55,6 +55,33 @@ def make_sim_checkpoint(folder: Path, hidden: tuple[int, ...] = (64, 64), seed: 
     return ckpt, onnx_path
 
 
+def make_robot_checkpoint(folder: Path, state_names: list[str], action_names: list[str], camera_size: int | None = 16,
+                          horizon: int = H, seed: int = 0) -> tuple[Path, Path]:
+    """An untrained model + critic for a robot's named state (and one camera "front" of `camera_size` px,
+    None for none): (checkpoint folder, exported ONNX)."""
+    import torch
+
+    from dfp_ros.contracts import CameraSpec, ModelMetadata, StateSpec
+    from dfp_ros.learning.config import ModelConfig
+    from dfp_ros.learning.export import export_onnx
+    from dfp_ros.learning.model import DFPModel, save_checkpoint
+
+    a = len(action_names)
+    cameras = [] if camera_size is None else [CameraSpec("front", "observation.images.front", camera_size, camera_size)]
+    meta = ModelMetadata(
+        state=[StateSpec("observation.state", len(state_names), state_names)], cameras=cameras,
+        action_key="action", action_names=action_names, horizon=horizon, action_dim=a, fps=FPS, num_samples=1,
+        has_critic=True, action_low=[-1.0] * a, action_high=[1.0] * a)
+    torch.manual_seed(seed)
+    model = DFPModel(meta, ModelConfig(horizon=horizon, actor_hidden=(32,), critic_hidden=(32,), use_critic=True,
+                                       image_channels=(8,), image_feature_dim=8))
+    ckpt = folder / "init_robot"
+    save_checkpoint(ckpt, model, {"step": 0})
+    onnx_path = folder / "init_robot.onnx"
+    export_onnx(model, onnx_path, num_samples=8, with_critic=True)
+    return ckpt, onnx_path
+
+
 def finetune_params(ckpt: Path, out: Path) -> dict:
     return {"init_checkpoint": str(ckpt), "output_dir": str(out), "warmup_steps": 300,
             "updates_per_step": 0.1, "batch_size": 32, "num_gen": 4, "num_candidates": 8, "top_k": 2,

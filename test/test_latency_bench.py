@@ -20,6 +20,7 @@ from ros_graph import domain_id
 
 POSITIVE = ("latency_p50_ms", "latency_p99_ms", "latency_max_ms", "inference_p50_ms", "inference_p99_ms",
             "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "node_tick_jitter_p50_ms", "node_tick_jitter_p99_ms",
+            "obs_to_chunk_in_node_p50_ms", "obs_to_chunk_in_node_p99_ms",
             "command_rate_hz", "cpu_pct_latency_run", "cpu_pct_jitter_run", "peak_rss_mb",
             "machine_busy_pct_latency_run", "machine_busy_pct_jitter_run", "chunks", "commands")
 

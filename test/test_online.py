@@ -12,7 +12,7 @@ from dfp_ros.learning.config import ModelConfig
 from dfp_ros.learning.critic import chunk_td_target, top_k
 from dfp_ros.learning.dataset import ChunkBatch
 from dfp_ros.learning.model import DFPModel
-from dfp_ros.learning.online import OnlineConfig, OnlineLearner, ema_reset, ema_update, topk_positives
+from dfp_ros.learning.online import OnlineConfig, OnlineLearner, ema_reset, ema_update, to_floats, topk_positives
 
 H, A, S = 3, 2, 4
 
@@ -113,7 +113,7 @@ def test_learner_update_moves_actor_critic_target_and_ema(tmp_path):
     cfg = OnlineConfig(num_candidates=8, top_k=2, ema_tau=0.1, tau=0.1, critic_samples=4)
     learner = OnlineLearner(model, cfg)
     ema0 = [p.clone() for p in learner.ema_actor.parameters()]
-    info = learner.update(tiny_batch(8))
+    info = to_floats(learner.update(tiny_batch(8)))
     assert learner.updates == 1 and np.isfinite(info["critic_loss"]) and np.isfinite(info["actor_loss"])
     moved = [not torch.equal(a, b) for a, b in zip(ema0, learner.ema_actor.parameters(), strict=True)]
     assert any(moved)
@@ -130,7 +130,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     b, extra = OnlineLearner.load(tmp_path / "learner", cfg)
     assert extra == {"env_steps": 42} and b.updates == 1
     info_b = b.update(tiny_batch(8, seed=2))
-    assert info_a == pytest.approx(info_b, rel=1e-5)
+    assert to_floats(info_a) == pytest.approx(to_floats(info_b), rel=1e-5)
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
@@ -156,3 +156,61 @@ def test_a_model_without_critic_is_refused():
 def test_top_k_larger_than_n_is_refused():
     with pytest.raises(ValueError, match="top_k"):
         OnlineConfig(num_candidates=4, top_k=8)
+
+
+def test_update_returns_detached_scalar_tensors_that_convert_to_floats_once():
+    """No float() inside update (it would wait for a GPU every step); the caller converts when it logs."""
+    learner = OnlineLearner(tiny_model(), OnlineConfig(num_candidates=8, top_k=2, critic_samples=4))
+    info = learner.update(tiny_batch(8))
+    assert {"critic_loss", "q_mean", "actor_loss", "nearest_pos", "topk_q"} <= set(info)
+    for name, v in info.items():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad, name
+        assert v.device == learner.device
+    floats = to_floats(info)
+    assert list(floats) == list(info) and all(type(x) is float for x in floats.values())
+    assert floats == {k: float(v) for k, v in info.items()}  # what a caller doing float(v) gets, too
+    assert to_floats({}) == {}
+
+
+def test_an_update_on_camera_batches_trains_the_image_encoders_of_actor_and_critic():
+    from dfp_ros.contracts import CameraSpec
+
+    torch.manual_seed(0)
+    meta = ModelMetadata(state=[StateSpec("observation.state", S)],
+                         cameras=[CameraSpec("front", "observation.images.front", 16, 16)], action_key="action",
+                         action_names=["a0", "a1"], horizon=H, action_dim=A, fps=20.0, num_samples=1,
+                         has_critic=True, action_low=[-2.0, -2.0], action_high=[2.0, 2.0])
+    cfg = ModelConfig(horizon=H, actor_hidden=(16,), critic_hidden=(16,), use_critic=True, image_channels=(8,),
+                      image_feature_dim=8)
+    learner = OnlineLearner(DFPModel(meta, cfg), OnlineConfig(num_candidates=4, top_k=2, critic_samples=2, num_gen=4))
+    batch = tiny_batch(6)
+    g = torch.Generator().manual_seed(1)
+    batch.images = {"front": torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8, generator=g)}
+    batch.next_images = {"front": torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8, generator=g)}
+    actor_cnn = [p.clone() for p in learner.model.actor.encoder.images.parameters()]
+    critic_cnn = [p.clone() for p in learner.model.critic.encoder.images.parameters()]
+    info = to_floats(learner.update(batch))
+    assert all(np.isfinite(v) for v in info.values()), info
+    assert any(not torch.equal(a, b) for a, b in zip(actor_cnn, learner.model.actor.encoder.images.parameters(),
+                                                       strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(critic_cnn, learner.model.critic.encoder.images.parameters(),
+                                                       strict=True))
+    # A batch without the model's camera is an error, not a silently state-only update.
+    batch.images = {}
+    with pytest.raises(KeyError, match="front"):
+        learner.update(batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_update_never_makes_the_host_wait_for_the_device():
+    learner = OnlineLearner(tiny_model(), OnlineConfig(num_candidates=8, top_k=2, critic_samples=4), device="cuda")
+    batch = tiny_batch(8)  # on the host, as the replay buffer samples it
+    learner.update(batch)  # warm-up: allocators, kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising CUDA call raises
+    try:
+        info = learner.update(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(v.is_cuda for v in info.values())
+    assert np.isfinite(list(to_floats(info).values())).all()  # the one sync, when the caller logs

@@ -100,3 +100,70 @@ def test_learner_main_reports_a_fatal_error_instead_of_dying_silently(tmp_path):
     finally:
         signal.signal(signal.SIGINT, handler)
     assert [k for k, _ in _drain(outbox)] == ["fatal"]
+
+
+def test_a_camera_model_learns_from_episodes_with_images_seeded_by_a_camera_dataset_and_resumes(tmp_path):
+    """ROS-free path of a camera policy: episodes carry uint8 frames, the replay (seeded from a LeRobot
+    dataset with video + rewards) keeps them, updates train on them, exports validate on them, resume keeps them."""
+    from test_finetune_node import make_robot_checkpoint
+    from test_replay_buffer import write_image_reward_dataset
+
+    size, n = 16, 12
+    ckpt, _ = make_robot_checkpoint(tmp_path, ["a", "b", "c"], ["u", "v"], camera_size=size)
+    root = write_image_reward_dataset(tmp_path / "ds")
+    cfg = _cfg(ckpt, tmp_path / "out")
+    cfg.dataset_root, cfg.replay_capacity, cfg.online_fraction = str(root), 100, 0.5
+    ep = _episode(n, S=3, H=5, A=2)
+    frames = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, size, size, 3), np.uint8)
+    ep["images"], ep["next_images"] = {"front": frames}, {"front": frames + 1}
+    inbox, outbox = queue.Queue(), queue.Queue()
+    inbox.put(("episode", ep))
+    loop = learner_loop._Loop(cfg, inbox, outbox, parent_pid=-1)
+    assert loop.replay.offline_size == 24 and loop.replay.cameras[0].name == "front"
+    loop._drain(block=False)
+    assert loop.replay.size == n
+    np.testing.assert_array_equal(loop.replay.images["front"][:n, 0, 0, 0], np.arange(n))
+    np.testing.assert_array_equal(loop.replay.next_images["front"][:n, 0, 0, 0], np.arange(n) + 1)
+    cnn = [p.clone() for p in loop.learner.model.actor.encoder.images.parameters()]
+    while loop._should_update():
+        loop._update()
+    assert loop.learner.updates == 1  # 60 env steps, 50 warm-up, 0.1 updates per step
+    assert any(not (a == b).all() for a, b in zip(cnn, loop.learner.model.actor.encoder.images.parameters(),
+                                                    strict=True))
+    assert loop.export() is not None  # validated on replay states + their images
+    loop.save()
+    loop2 = learner_loop._Loop(cfg, queue.Queue(), outbox, parent_pid=-1)
+    assert loop2.replay.size == n and loop2.learner.updates == 1
+    np.testing.assert_array_equal(loop2.replay.images["front"][:n], loop.replay.images["front"][:n])
+    msgs = _drain(outbox)
+    assert any(k == "exported" for k, _ in msgs) and not any(k == "log" and m["level"] == "error" for k, m in msgs)
+    status = loop2.last_floats()
+    assert status == {}  # nothing learned since the resume
+
+
+def test_status_and_curve_carry_floats_converted_from_the_update_tensors(tmp_path):
+    from test_finetune_node import make_sim_checkpoint
+
+    ckpt, _ = make_sim_checkpoint(tmp_path, hidden=(32,))
+    outbox: queue.Queue = queue.Queue()
+    loop = learner_loop._Loop(_cfg(ckpt, tmp_path / "out"), queue.Queue(), outbox, parent_pid=-1)
+    loop._episode(_episode(12))  # 60 steps: one update past the warm-up
+    loop._update()
+    assert all(not isinstance(v, float) for v in loop.last.values())  # tensors until someone logs them
+    loop.last_status_t = 0.0
+    loop._status()
+    (status,) = [m for k, m in _drain(outbox) if k == "status"]
+    assert type(status["critic_loss"]) is float and np.isfinite(status["q_mean"])
+    loop._episode(_episode(1))
+    row = (tmp_path / "out" / "learning_curve.csv").read_text().splitlines()
+    header, last = row[0].split(","), row[-1].split(",")
+    assert float(last[header.index("critic_loss")]) == pytest.approx(status["critic_loss"])
+
+
+def test_a_seeding_dataset_is_decoded_at_the_models_one_camera_size_or_refused():
+    from dfp_ros.contracts import CameraSpec
+
+    front, wrist = CameraSpec("front", "observation.images.front", 64, 48), CameraSpec("wrist", "k", 32, 32)
+    assert learner_loop.seed_image_size([front, CameraSpec("top", "k2", 64, 48)]) == (64, 48)
+    with pytest.raises(ValueError, match=r"different sizes \[\(32, 32\), \(64, 48\)\]"):
+        learner_loop.seed_image_size([front, wrist])

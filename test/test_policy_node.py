@@ -168,7 +168,11 @@ def test_closed_loop_chunks_and_commands(robot, model):
     assert diag["torch_imported"] == "false"
     assert diag["model_sha256"] == model.sha256
     assert float(diag["inference_latency_p99_ms"]) < 100
+    # Observation -> chunk contains the inference (and the wait for the inference thread) of the same chunks.
+    assert float(diag["obs_to_chunk_p50_ms"]) >= float(diag["inference_latency_p50_ms"]) > 0
+    assert float(diag["obs_to_chunk_p99_ms"]) >= float(diag["inference_latency_p99_ms"])
     assert float(diag["control_rate_hz"]) == pytest.approx(20.0, rel=0.15)
+    assert diag["control_thread_scheduling"] == "other"  # no real-time scheduling unless asked for
 
 
 def test_watchdog_stops_commands_and_resumes(robot):
@@ -253,6 +257,26 @@ def test_valid_model_swap_keeps_ticking(robot, model, tmp_path):
     assert len(arrivals) >= 10
     assert max(np.diff(arrivals)) < 2.5 * PERIOD, "a swap cost more than one control tick"
     assert str(copy) in robot.diagnostics()["model_source"]
+
+
+def test_control_thread_priority_applied_or_refused_with_a_warning(tmp_path):
+    """control_thread_priority: the control thread runs SCHED_FIFO where allowed; elsewhere the node
+    says so and ticks with ordinary scheduling. Diagnostics report what is in effect either way."""
+    dom = domain_id(offset=41)
+    proc = start_node(NODE, {"model_path": str(MODEL), "enabled": True, "device": "cpu", "control_thread_priority": 10,
+                             "diagnostics_period_s": 0.2}, ros_env(dom), log_dir=tmp_path)
+    try:
+        with RosGraph(dom) as graph:
+            r = Robot(graph)
+            assert graph.wait_matched(r.state_pub, timeout=20.0), proc.log()
+            graph.spin_for(0.5)
+            r.feed(1.0)
+            assert r.commands.count >= 10, proc.log()
+            scheduling = r.diagnostics()["control_thread_scheduling"]
+            refused = "SCHED_FIFO refused" in proc.log()
+            assert (scheduling, refused) in (("fifo:10", False), ("other", True)), (scheduling, proc.log())
+    finally:
+        stop(proc)
 
 
 def test_lockstep_one_command_per_observation(tmp_path):

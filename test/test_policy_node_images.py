@@ -98,6 +98,11 @@ def test_camera_model_runs_and_bad_frames_are_dropped_and_counted(image_model, t
         assert int(values["dropped_unknown_encoding"]) > 0
         assert int(values["dropped_wrong_size"]) > 0
         assert int(values["dropped_missing_joint"]) > 0
+        # The oldest camera frame an inference used, per diagnostics period: never older than max_obs_age_s.
+        ages = [float(kv.value) for msg in diag.messages for status in msg.status for kv in status.values
+                if kv.key == "camera_front_max_age_ms"]
+        used = [a for a in ages if math.isfinite(a)]  # nan: no inference in that period
+        assert used and all(0 <= a <= 500 for a in used), ages
         assert commands.count > 0 and all(math.isfinite(v) and -1 <= v <= 1 for m in commands.messages for v in m.data)
         assert proc.poll() is None
     log = proc.log()
@@ -109,7 +114,8 @@ def test_bad_configuration_refuses_to_start_with_one_clear_line(image_model, tmp
 
     cases = [({"model_path": str(image_model), "state_topics": "/just/a/string"}, "state_topics"),
              ({"model_path": str(tmp_path / "missing.onnx")}, "does not exist"),
-             ({"model_path": str(image_model), "merge": "average"}, "merge")]
+             ({"model_path": str(image_model), "merge": "average"}, "merge"),
+             ({"model_path": str(image_model), "control_thread_priority": 120}, "control_thread_priority")]
     for params, message in cases:
         proc = start_node("dfp_ros.nodes.policy_node", params, ros_env(domain_id(offset=72)), log_dir=tmp_path)
         assert proc.wait(timeout=60) == 1

@@ -195,6 +195,16 @@ def test_bgr8_to_rgb_and_resize():
     assert img.shape == (4, 6, 3) and img.dtype == np.uint8 and (img[..., 0] == 200).all()
 
 
+def test_camera_ages_per_camera():
+    cams = [CameraSpec(n, f"observation.images.{n}", 4, 6) for n in ("front", "wrist")]
+    asm = ObservationAssembler(meta(cams), [StateSource("/s", "float32_array", "observation.state")], 0.5)
+    frame = np.zeros((4, 6, 3), np.uint8)
+    assert asm.camera_ages(1.0) == {"front": None, "wrist": None}
+    asm.put_image("front", frame, 0, 1.0)
+    asm.put_image("wrist", frame, 0, 1.2)
+    assert asm.camera_ages(1.3) == pytest.approx({"front": 0.3, "wrist": 0.1})
+
+
 def test_row_padding_and_mono8():
     data = np.arange(3 * 8, dtype=np.uint8).reshape(3, 8)  # 5 pixels wide + 3 bytes padding per row
     out = decode_raw_image("mono8", 3, 5, 8, data.tobytes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dfp_ros.learning.dataset import ChunkDataset
 from dfp_ros.learning.replay_buffer import ReplayBuffer
@@ -67,3 +68,138 @@ def test_save_and_load_the_online_part(tmp_path):
     other.load(tmp_path / "replay.npz")
     assert other.size == 4 and other.added == 4 and other.cursor == 4
     np.testing.assert_array_equal(other.state[:4], buf.state[:4])
+
+
+# --- camera models ---------------------------------------------------------------------------------------
+SIZE = 16
+
+
+def write_image_reward_dataset(root, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0):
+    """A camera dataset with rewards (what a camera policy's critic is pre-trained on): the red channel
+    of each frame encodes its frame index in the episode, the reward is 1 on the last frame.
+    (32 px: the video encoder fails on 16 px frames; ChunkDataset resizes them to the model's size.)"""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    rng = np.random.default_rng(seed)
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
+        "observation.images.front": {"dtype": "video", "shape": (size, size, 3),
+                                     "names": ["height", "width", "channels"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["u", "v"]},
+        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+        "next.done": {"dtype": "bool", "shape": (1,), "names": None},
+    }
+    ds = LeRobotDataset.create("test/images_rewards", fps=10, features=features, root=root, use_videos=True)
+    for _ in range(episodes):
+        for t in range(length):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[..., 0] = 30 * t
+            ds.add_frame({"observation.state": np.array([t, 0, 0], np.float32),
+                          "observation.images.front": img, "action": rng.uniform(-1, 1, 2).astype(np.float32),
+                          "next.reward": np.array([float(t == length - 1)], np.float32),
+                          "next.done": np.array([t == length - 1]), "task": "look"})
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+def _cams(size: int = SIZE):
+    from dfp_ros.contracts import CameraSpec
+
+    return [CameraSpec("front", "observation.images.front", size, size)]
+
+
+def _ti(v: int, S: int = 3, A: int = 2) -> Transition:
+    """A transition whose images encode v (observation) and v + 1 (next observation)."""
+    t = _t(float(v), S, A)
+    t.images = {"front": np.full((SIZE, SIZE, 3), v, np.uint8)}
+    t.next_images = {"front": np.full((SIZE, SIZE, 3), v + 1, np.uint8)}
+    return t
+
+
+def test_a_camera_buffer_keeps_uint8_images_with_each_transition_and_batches_them():
+    buf = ReplayBuffer(3, H, 2, capacity=4, cameras=_cams())
+    for v in range(6):
+        buf.add(_ti(v))
+    assert buf.images["front"].dtype == np.uint8 and buf.images["front"].shape == (4, SIZE, SIZE, 3)
+    batch = buf.sample(32, np.random.default_rng(0))
+    img, nxt = batch.images["front"], batch.next_images["front"]
+    assert img.dtype == nxt.dtype == torch.uint8 and img.shape == (32, SIZE, SIZE, 3)
+    # Each sampled row's images belong to its own transition (state encodes v), the ring forgot v = 0, 1.
+    v = batch.state[:, 0].numpy().astype(int)
+    assert set(v.tolist()) <= {2, 3, 4, 5}
+    np.testing.assert_array_equal(img[:, 0, 0, 0].numpy(), v)
+    np.testing.assert_array_equal(nxt[:, 0, 0, 0].numpy(), v + 1)
+
+
+def test_a_transition_with_wrong_or_missing_images_is_refused_and_not_stored():
+    buf = ReplayBuffer(3, H, 2, capacity=4, cameras=_cams())
+    bad = _ti(1)
+    bad.images = {"front": np.zeros((8, 8, 3), np.uint8)}
+    with pytest.raises(ValueError, match=r"camera front: uint8 \(8, 8, 3\), expected uint8 \(16, 16, 3\)"):
+        buf.add(bad)
+    with pytest.raises(ValueError, match=r"has cameras \[\], the replay buffer expects \['front'\]"):
+        buf.add(_t(1.0, 3))
+    assert buf.size == 0 and buf.added == 0
+
+
+def test_a_capacity_whose_images_would_not_fit_the_memory_limit_is_refused_with_what_would():
+    per = 2 * SIZE * SIZE * 3
+    with pytest.raises(ValueError, match=f"lower the capacity to at most {10}"):
+        ReplayBuffer(3, H, 2, capacity=11, cameras=_cams(), max_image_bytes=10 * per)
+    ReplayBuffer(3, H, 2, capacity=10, cameras=_cams(), max_image_bytes=10 * per)  # exactly fits
+    ReplayBuffer(3, H, 2, capacity=10, max_image_bytes=0)  # state-only: no images, nothing to bound
+
+
+def test_save_and_load_keep_the_images_and_refuse_a_file_of_other_cameras(tmp_path):
+    buf = ReplayBuffer(3, H, 2, capacity=10, cameras=_cams())
+    for v in range(3):
+        buf.add(_ti(v))
+    buf.save(tmp_path / "replay.npz")
+    other = ReplayBuffer(3, H, 2, capacity=10, cameras=_cams())
+    other.load(tmp_path / "replay.npz")
+    assert other.size == 3
+    np.testing.assert_array_equal(other.images["front"][:3], buf.images["front"][:3])
+    np.testing.assert_array_equal(other.next_images["front"][:3], buf.next_images["front"][:3])
+    with pytest.raises(ValueError, match=r"holds images of cameras \['front'\], this replay buffer expects \[\]"):
+        ReplayBuffer(3, H, 2, capacity=10).load(tmp_path / "replay.npz")
+    with pytest.raises(ValueError, match=r"camera front images are \(16, 16, 3\), this replay buffer expects"):
+        ReplayBuffer(3, H, 2, capacity=10, cameras=_cams(8)).load(tmp_path / "replay.npz")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    return write_image_reward_dataset(tmp_path_factory.mktemp("imgrw") / "ds")
+
+
+@pytest.fixture(scope="module")
+def image_offline(image_root):
+    return ChunkDataset("", image_root, horizon=H, image_size=(SIZE, SIZE), progress=False)
+
+
+def test_a_camera_buffer_is_seeded_from_a_dataset_with_images_and_mixes_both(image_offline):
+    buf = ReplayBuffer(3, H, 2, capacity=50, offline=image_offline, online_fraction=0.5, cameras=_cams())
+    for _ in range(5):
+        buf.add(_ti(200))  # online rows: state 200, image 200
+    batch = buf.sample(40, np.random.default_rng(0))
+    online = batch.state[:, 0].numpy() == 200
+    assert online.sum() == 20
+    img = batch.images["front"][:, 0, 0, 0].numpy().astype(int)
+    nxt = batch.next_images["front"][:, 0, 0, 0].numpy().astype(int)
+    assert (img[online] == 200).all() and (nxt[online] == 201).all()
+    # Offline rows: the frame's red channel encodes its index t (video coding is lossy: +-6), the next
+    # image is H frames later, clamped to the episode's last frame (t = 7).
+    t = batch.state[~online, 0].numpy().astype(int)
+    np.testing.assert_allclose(img[~online], 30 * t, atol=6)
+    np.testing.assert_allclose(nxt[~online], 30 * np.minimum(t + H, 7), atol=6)
+    assert batch.rewards is not None and batch.mask is not None
+
+
+def test_cameras_of_buffer_and_dataset_must_agree(image_root, image_offline, offline):
+    with pytest.raises(ValueError, match=r"cameras \[\('front', 16, 16\)\] .* differ from the model's \[\]"):
+        ReplayBuffer(3, H, 2, offline=image_offline)
+    with pytest.raises(ValueError, match=r"cameras \[\('front', 8, 8\)\] .* differ"):
+        ReplayBuffer(3, H, 2, offline=ChunkDataset("", image_root, horizon=H,
+                                                   image_size=(8, 8), progress=False), cameras=_cams())
+    with pytest.raises(ValueError, match=r"cameras \[\] .* differ from the model's \[\('front', 16, 16\)\]"):
+        ReplayBuffer(2, H, 2, offline=offline, cameras=_cams())

@@ -186,3 +186,161 @@ def test_a_republished_observation_is_not_a_step():
     (rec,) = j.flush()
     assert rec.steps == 6 and j.republished == 1
     assert [tr.state[0] for tr in rec.transitions] == [0, 3] and rec.dropped == {}
+
+
+def _frame(v: int) -> np.ndarray:
+    return np.full((4, 6, 3), v, np.uint8)
+
+
+def test_camera_images_travel_with_their_observation_into_the_transition():
+    """A camera model's observation is state + images; the transition carries both ends' images."""
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    for i in range(7):  # chunks at 0, 3, 6; success after step 6
+        t = i * DT
+        j.add_observation(t, np.full(2, i, np.float32), {"front": _frame(i), "wrist": _frame(100 + i)})
+        if i % H == 0:
+            j.add_chunk(t, np.full((H, 1), i, np.float32))
+        j.add_reward(t + DT, -1.0)
+    j.add_event("success", 7 * DT)
+    (rec,) = j.flush()
+    assert [int(t.state[0]) for t in rec.transitions] == [0, 3, 6]
+    for t in rec.transitions:
+        i = int(t.state[0])
+        nxt = int(t.next_state[0])
+        assert sorted(t.images) == ["front", "wrist"] and sorted(t.next_images) == ["front", "wrist"]
+        assert (t.images["front"] == i).all() and (t.images["wrist"] == 100 + i).all()
+        assert (t.next_images["front"] == nxt).all() and (t.next_images["wrist"] == 100 + nxt).all()
+    assert rec.transitions[-1].mask == 0.0 and int(rec.transitions[-1].next_state[0]) == 6
+
+
+def test_the_first_observation_given_for_a_stamp_is_kept():
+    # Parts sharing one stamp (joints + camera of one step): a later combination under that stamp
+    # pairs one of them with an older or newer part and must not replace the complete one.
+    j = TransitionJoiner(H)
+    j.add_observation(0, np.zeros(2, np.float32), {"front": _frame(1)})
+    j.add_observation(0, np.ones(2, np.float32), {"front": _frame(2)})
+    j.add_event("start", 0)
+    j.add_chunk(0, np.zeros((H, 1), np.float32))
+    for i in range(1, 3):
+        j.add_observation(i * DT, np.full(2, i, np.float32), {"front": _frame(i)})
+    for i in range(3):
+        j.add_reward((i + 1) * DT, -1.0)
+    j.add_event("success", 3 * DT)
+    (rec,) = j.flush()
+    (t,) = rec.transitions
+    assert t.state[0] == 0 and (t.images["front"] == 1).all()
+
+
+def test_an_observation_with_the_same_state_but_a_new_image_is_a_step_not_a_republication():
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    same = np.zeros(2, np.float32)
+    for i in range(3):  # the arm does not move, the scene does: three real steps, rewards stamped later
+        j.add_observation(i * DT, same, {"front": _frame(i)})
+    j.add_observation(3 * DT, same, {"front": _frame(2)})  # this one is a re-publication of step 2
+    j.add_chunk(0, np.zeros((H, 1), np.float32))
+    j.add_event("timeout", 4 * DT)
+    (rec,) = j.flush()
+    assert rec.steps == 3 and j.republished == 1
+
+
+# --- steps by time (a robot publishing joint states faster than the policy acts) ------------------------
+MS = 1_000_000
+STEP = 50 * MS  # 20 Hz policy
+
+
+def _timed_episode(j: TransitionJoiner, t0: int, chunk_ticks: list[int], ticks: int, end: str, end_ms: float = 3.0,
+                   reward_every_step: bool = True, seed: int = 0, skip_obs_of_chunk: int | None = None) -> list:
+    """Joint states every 10 ms (+-1 ms jitter), a policy on a 20 Hz timer planning at `chunk_ticks`
+    (its chunk stamped with the newest joint state, 0-9 ms old), a reward 2 ms before each step ends.
+    The state encodes its stamp in ms, so a test can tell which observation a transition got."""
+    rng = np.random.default_rng(seed)
+    j.add_event("start", t0)
+    end_t = t0 + ticks * STEP + int(end_ms * MS)
+    obs = [t0 + 1 * MS + k * 10 * MS + int(rng.integers(-MS, MS)) for k in range((end_t - t0) // (10 * MS))]
+    for s in obs:
+        j.add_observation(s, np.array([(s - t0) / MS], np.float32))
+    for n, tick in enumerate(chunk_ticks):
+        newest = max(s for s in obs if s <= t0 + tick * STEP + 2 * MS)
+        if n == skip_obs_of_chunk:
+            j._obs.pop(newest)
+        j.add_chunk(newest, np.full((H, 1), tick, np.float32))
+    for k in range(ticks):
+        if reward_every_step or k == ticks - 1:
+            value = -1.0 if reward_every_step else 1.0
+            j.add_reward(t0 + (k + 1) * STEP - 2 * MS + int(rng.integers(0, 2 * MS)), value)
+    j.add_event(end, end_t)
+    return j.flush()
+
+
+def test_steps_by_time_join_fully_executed_chunks_of_a_fast_joint_state_stream():
+    j = TransitionJoiner(H, step_ns=STEP)  # H = 3 steps = 150 ms per chunk
+    (rec,) = _timed_episode(j, 0, chunk_ticks=[0, 3, 6, 9], ticks=11, end="success")
+    assert rec.steps == 11 and rec.chunks == 4 and rec.dropped == {}
+    assert rec.episode_return == -11.0
+    t0, t1, t2, t3 = rec.transitions
+    # Each chunk's observation is the joint state it was stamped with; the next one is the next chunk's.
+    for t, nxt in ((t0, t1), (t1, t2), (t2, t3)):
+        assert t.mask == 1.0 and t.next_state[0] == nxt.state[0] and t.next_state[0] - t.state[0] == pytest.approx(
+            150, abs=12)
+        np.testing.assert_array_equal(t.rewards, [-1, -1, -1])
+    # The last chunk ran 2 steps (ticks 9, 10) before the success: mask 0, no reward past the end.
+    assert t3.mask == 0.0 and t3.chunk[0, 0] == 9
+    np.testing.assert_array_equal(t3.rewards, [-1, -1, 0])
+    # Without steps by time every 10 ms joint state would be a step: nothing would join.
+    (plain,) = _timed_episode(TransitionJoiner(H), 0, chunk_ticks=[0, 3, 6, 9], ticks=11, end="success")
+    assert plain.transitions == [] and plain.steps > 50
+
+
+def test_steps_by_time_drop_replaced_paused_truncated_and_unobserved_chunks_by_reason():
+    j = TransitionJoiner(H, step_ns=STEP, reward_mode="sum")
+    # Re-planned after 2 ticks (0 -> 2), a pause (2 -> 8: 6 ticks), then 8 -> 11, and a time-out inside 11.
+    (rec,) = _timed_episode(j, 0, chunk_ticks=[0, 2, 8, 11], ticks=13, end="timeout", reward_every_step=False)
+    assert rec.dropped == {"partial_chunk": 2, "truncated": 1} and len(rec.transitions) == 1
+    (t,) = rec.transitions
+    assert t.chunk[0, 0] == 8 and t.mask == 1.0 and rec.episode_return == 1.0
+    np.testing.assert_array_equal(t.rewards, [0, 0, 0])  # sum mode: the sparse reward came in chunk 11
+    # A chunk whose observation never arrived is dropped, and so is the chunk before it (no next observation).
+    (rec,) = _timed_episode(j, 10**12, chunk_ticks=[0, 3, 6], ticks=8, end="success", skip_obs_of_chunk=1)
+    assert rec.dropped == {"chunk_without_observation": 2} and [t.chunk[0, 0] for t in rec.transitions] == [6]
+
+
+def test_steps_by_time_per_step_rewards_need_one_reward_per_executed_step():
+    j = TransitionJoiner(H, step_ns=STEP)
+    j.add_event("start", 0)
+    for c in (1 * MS, 151 * MS):
+        j.add_observation(c, np.zeros(1, np.float32))
+        j.add_chunk(c, np.zeros((H, 1), np.float32))
+    j.add_observation(301 * MS, np.zeros(1, np.float32))
+    j.add_chunk(301 * MS, np.zeros((H, 1), np.float32))
+    for k in (0, 1, 2, 3, 5, 6, 7, 8):  # step 4 (inside the second chunk) has no reward
+        j.add_reward((k + 1) * STEP, -1.0)
+    j.add_event("success", 9 * STEP + MS)
+    (rec,) = j.flush()
+    assert rec.dropped == {"reward_mismatch": 1} and len(rec.transitions) == 2
+    with pytest.raises(ValueError, match="causal chunk"):
+        j.add_chunk(0, np.zeros((H, 1), np.float32), causal=True)
+    with pytest.raises(ValueError, match="step_ns must be > 0"):
+        TransitionJoiner(H, step_ns=0)
+
+
+def test_a_chunk_sent_after_the_end_event_is_not_part_of_that_episode():
+    # A policy that clears its queue at the end event re-plans at its next tick on the newest state it
+    # has — one from before the end. That chunk was never executed in the ended episode: it must not
+    # take the last real chunk's place (nor its success reward).
+    for step_ns in (None, STEP):
+        j = TransitionJoiner(H, step_ns=step_ns, reward_mode="sum")
+        j.add_event("start", 0)
+        for i in range(5):  # observations every step, chunks at 0 and 3, success after step 4
+            j.add_observation(i * STEP + MS, np.full(1, i, np.float32))
+        j.add_chunk(MS, np.zeros((H, 1), np.float32), sent_ns=2 * MS)
+        j.add_chunk(3 * STEP + MS, np.ones((H, 1), np.float32), sent_ns=3 * STEP + 2 * MS)
+        j.add_chunk(4 * STEP + MS, np.full((H, 1), 9.0, np.float32), sent_ns=5 * STEP + 5 * MS)  # after the end
+        j.add_reward(5 * STEP, 1.0)
+        j.add_event("success", 5 * STEP + MS)
+        (rec,) = j.flush()
+        assert rec.dropped == {"chunk_after_end": 1} and rec.chunks == 3, step_ns
+        assert [t.chunk[0, 0] for t in rec.transitions] == [0.0, 1.0]
+        last = rec.transitions[-1]
+        assert last.mask == 0.0 and last.rewards.sum() == 1.0, (step_ns, last.rewards)

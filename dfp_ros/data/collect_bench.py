@@ -1,17 +1,22 @@
 """Recording benchmark: two 640x480 cameras at 30 Hz + joint states at 200 Hz into `collect_node`.
 
     python -m dfp_ros.data.collect_bench [--duration 120] [--episode-s 20] [--out outputs/collect_bench]
+        [--vcodec libsvtav1|h264] [--no-streaming] [--dds shm_large|large_data|env]
 
 This process publishes the streams (a steady-clock loop: 7-joint JointState at 200 Hz, two rgb8 640x480
 images at 30 Hz, a 7-value Float64MultiArray command at 100 Hz) on a private DDS graph; `collect_node`
 runs as its own process (timer sampling at 30 fps, max_age 0.1 s) and records episodes of
-`--episode-s` seconds, started and saved over its services. Reported:
+`--episode-s` seconds, started and saved over its services. The streams start a second before the first
+episode, as a robot's run before recording starts. Reported:
 
 - frames: expected (30 fps x recorded time), written, not written (missing / stale streams = dropped);
 - publisher rates achieved (so a slow publisher is not blamed on the recorder);
-- write throughput: frames/s and MB/s of what ended up on disk, and the writer thread's busy fraction;
+- write throughput: frames/s and MB/s of what ended up on disk, and the writer's busy fraction;
 - time from `~/save` to the episode on disk (lerobot's save_episode: parquet + video encoding), p50 / max;
-  the last episode's save is waited for before the node is stopped.
+  the last episode's save is waited for before the node is stopped;
+- where the time goes: CPU seconds of this publisher, of the recorder (node + writer process) and of the
+  writer process alone; how late the node handled messages (p50 / max); messages received per stream;
+- the machine's 1-minute load at start and end (other work on it makes every number worse).
 
 The last line of the output is one JSON object with every number.
 """
@@ -23,6 +28,7 @@ import array
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -38,10 +44,29 @@ W, H, CAM_HZ, JOINT_HZ, CMD_HZ, FPS = 640, 480, 30, 200, 100, 30
 JOINTS = [f"joint{i}" for i in range(7)]
 
 
-def _env(domain: int) -> dict[str, str]:
+# Fast DDS transport configurations compared by `--dds` (every process of the graph gets the same one):
+#   shm_large   config/fastdds_shm_large.xml: shared memory with a 32 MB segment (+ UDPv4 for other hosts).
+#               Measured here: 640x480 images in ~2-4 ms (p50), none lost, joint states p99 ~1.5 ms.
+#   large_data  FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: a 921 KB image does not fit Fast DDS's default 512 KB
+#               shared-memory segment and goes over TCP, where it also holds up the small messages behind it
+#               (images ~12 ms p50, joint states p99 250-470 ms, some images lost).
+#   env         whatever the environment already says.
+DDS_CHOICES = ("shm_large", "large_data", "env")
+_DDS_KEYS = ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE")
+SHM_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm_large.xml"
+
+
+def _env(domain: int, dds: str = "shm_large") -> dict[str, str]:
     env = dict(os.environ)
-    # Fast DDS's TCP + shared-memory transports for large messages (its default UDP loses 640x480 frames).
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    if dds != "env":
+        for k in _DDS_KEYS:
+            env.pop(k, None)
+    if dds == "shm_large":
+        if not SHM_PROFILE.is_file():
+            raise FileNotFoundError(f"{SHM_PROFILE} is missing (run the bench from a checkout, or use --dds env)")
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(SHM_PROFILE)
+    elif dds == "large_data":
+        env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
                RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1")
     env.pop("ROS_STATIC_PEERS", None)
@@ -83,7 +108,7 @@ def _frames(n: int) -> list[array.array]:
 
 
 def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
-        streaming: bool = False) -> dict[str, Any]:
+        streaming: bool = True, dds: str = "shm_large") -> dict[str, Any]:
     import rclpy
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
@@ -94,13 +119,19 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
         shutil.rmtree(root)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "collect_node.log"
-    env = _env(domain)
+    env = _env(domain, dds)
+    load0 = round(os.getloadavg()[0], 2)
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(_collect_cmd(root, vcodec, streaming), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    saved_env = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS")}
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = env["FASTDDS_BUILTIN_TRANSPORTS"]
+    # This process's own participant uses the same transports as the recorder.
+    saved_env = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *_DDS_KEYS)}
+    for k in saved_env:
+        if k in env:
+            os.environ[k] = env[k]
+        else:
+            os.environ.pop(k, None)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
     node = rclpy.create_node("collect_bench", context=ctx)
@@ -135,17 +166,14 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
             except Exception:  # Fast DDS refuses when a reliable reader lags far behind: count it
                 counts["publish_errors"] += 1
         period = {"j": 1.0 / JOINT_HZ, "i": 1.0 / CAM_HZ, "c": 1.0 / CMD_HZ}
-        episodes = max(1, round(duration / episode_s))
-        t_start = time.monotonic()
-        recorded_s = 0.0
-        record = os.environ.get("DFP_COLLECT_BENCH_IDLE") is None  # diagnostic: publish, record nothing
-        for _ep in range(episodes):
-            if record:
-                call("start")
-            t0 = time.monotonic()
-            nxt = dict.fromkeys(period, t0)
-            k = 0
-            while (now := time.monotonic()) < t0 + episode_s:
+        nxt = dict.fromkeys(period, time.monotonic())
+        k = 0
+
+        def publish_until(t_end: float) -> None:
+            """Publish every stream on its own fixed schedule until t_end (a slot that comes late - this process
+            was not scheduled in time - is still sent, so the rates are kept on average)."""
+            nonlocal k
+            while (now := time.monotonic()) < t_end:
                 if now >= nxt["j"]:
                     msg = JointState(name=JOINTS, position=[float(now)] * 7)
                     msg.header.stamp = node.get_clock().now().to_msg()
@@ -166,8 +194,20 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
                     counts["cameras"] += 1
                     k += 1
                     nxt["i"] += period["i"]
-                ex.spin_once(timeout_sec=0)
+                # No executor here: publishing needs none, and spinning would take the publisher's CPU.
                 time.sleep(max(0.0, min(nxt.values()) - time.monotonic()))
+
+        episodes = max(1, round(duration / episode_s))
+        t_start = time.monotonic()
+        recorded_s = 0.0
+        record = os.environ.get("DFP_COLLECT_BENCH_IDLE") is None  # diagnostic: publish, record nothing
+        # The streams run before the first episode starts, as a robot's do: its first frame has data.
+        publish_until(time.monotonic() + 1.0)
+        for _ep in range(episodes):
+            if record:
+                call("start")
+            t0 = time.monotonic()
+            publish_until(t0 + episode_s)
             recorded_s += time.monotonic() - t0
             if record:
                 call("save")
@@ -181,6 +221,7 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
         t_all = time.monotonic() - t_start
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
+        ru_self, ru_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         text = log_path.read_text(errors="replace")
         m = re.search(r"collect summary (\{.*\})", text)
         summary = json.loads(m.group(1)) if m else {}
@@ -204,6 +245,19 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
             "writer_busy_fraction": round(summary.get("writer_busy_s", 0.0) / t_all, 2),
             "save_to_disk_s_p50": lat[0], "save_to_disk_s_max": lat[1],
             "total_wall_s": round(t_all, 1), "collect_rc": proc.returncode,
+            # CPU seconds: this publisher; the recorder's node process and its writer process (which
+            # encodes), both waited for, so RUSAGE_CHILDREN holds them.
+            "publisher_cpu_s": round(ru_self.ru_utime + ru_self.ru_stime - cpu0, 1),
+            "recorder_cpu_s": round(ru_children.ru_utime + ru_children.ru_stime, 1),
+            "writer_cpu_s": summary.get("writer_cpu_s"),
+            "handling_lag_ms_p50": summary.get("handling_lag_ms_p50"),
+            "handling_lag_ms_max": summary.get("handling_lag_ms_max"),
+            "received": summary.get("received"),
+            "dds": dds, "dds_transport": env.get("FASTDDS_BUILTIN_TRANSPORTS"),
+            "dds_profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE"),
+            "cpu_cores": os.cpu_count(),
+            # Other work on the machine makes every number here worse: the 1-minute load at start and end.
+            "load_1m_start": load0, "load_1m_end": round(os.getloadavg()[0], 2),
         }
     finally:
         if proc.poll() is None:
@@ -227,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episode-s", type=float, default=20.0, help="seconds per episode")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one, removed)")
     ap.add_argument("--vcodec", default="libsvtav1", help="video codec lerobot encodes with")
-    ap.add_argument("--streaming", action="store_true",
-                    help="encode video while recording (lerobot streaming_encoding) instead of PNG + encode at save")
+    ap.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
+                    help="encode video while recording (lerobot streaming_encoding; collect_node's default); "
+                         "--no-streaming: PNG files + encoding at save")
+    ap.add_argument("--dds", choices=DDS_CHOICES, default="shm_large",
+                    help="Fast DDS transports of every process (see DDS_CHOICES in the source)")
     ap.add_argument("--domain", type=int, default=1 + (os.getpid() % 100), help="ROS_DOMAIN_ID")
     args = ap.parse_args(argv)
     tmp = None
@@ -237,14 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="collect_bench_")
         out = Path(tmp)
     try:
-        res = run(args.duration, args.episode_s, out, args.vcodec, args.domain, args.streaming)
+        res = run(args.duration, args.episode_s, out, args.vcodec, args.domain, args.streaming, args.dds)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"recorded {res['duration_s']} s in {res['episodes']} episodes: {res['frames_written']}/"
           f"{res['frames_expected']} frames written, {res['frames_not_written']} not written; "
           f"{res['write_frames_per_s']} frames/s, {res['write_mb_per_s_on_disk']} MB/s on disk; "
-          f"save -> on disk p50 {res['save_to_disk_s_p50']} s, max {res['save_to_disk_s_max']} s")
+          f"save -> on disk p50 {res['save_to_disk_s_p50']} s, max {res['save_to_disk_s_max']} s; "
+          f"CPU s: publisher {res['publisher_cpu_s']}, recorder {res['recorder_cpu_s']} (writer "
+          f"{res['writer_cpu_s']}); load {res['load_1m_start']} -> {res['load_1m_end']} on {res['cpu_cores']} cores")
     print(json.dumps(res))
     return 0 if res.get("collect_rc") == 0 else 1
 

@@ -12,6 +12,14 @@ Every `export_every` updates (or `export_every_s` seconds): export policy + crit
 (best-of-N), validate it (contract, parity, a finite in-range inference on replay states) and send
 its path. Every `checkpoint_every` updates, at a stop, and when the node process disappears: the
 whole learner state (networks, optimisers, target critic, EMA, counters, RNG, the online replay).
+
+Camera models: episodes carry one uint8 image per camera for each transition's observation and
+next observation; the replay keeps them (bounded by `replay_image_memory_gb`) and, when a dataset
+seeds it, decodes the dataset's frames of the model's cameras at the model's size.
+
+Update statistics stay device tensors (`OnlineLearner.update`); they become floats only when a
+status message or a learning-curve row is written (a few times a second), so a GPU learner is not
+made to wait for the device after every update.
 """
 
 from __future__ import annotations
@@ -46,11 +54,24 @@ class LoopConfig:
     export_num_samples: int = 16
     checkpoint_every: int = 1000
     replay_capacity: int = 1_000_000
+    replay_image_memory_gb: float = 8.0  # camera models: refuse a replay whose images would exceed this
     online_fraction: float = -1.0  # < 0: uniform over offline + online (the reference)
     device: str = "cpu"
     torch_threads: int = 1
     seed: int = 0
     online: dict[str, Any] = field(default_factory=dict)  # OnlineConfig fields
+
+
+def seed_image_size(cameras: list[Any]) -> tuple[int, int]:
+    """The (height, width) a seeding dataset is decoded at: the model's, one size for all its cameras.
+
+    ValueError when the cameras differ in size (ChunkDataset decodes every camera at one size).
+    """
+    sizes = {(c.height, c.width) for c in cameras}
+    if len(sizes) > 1:
+        raise ValueError(f"the model's cameras have different sizes {sorted(sizes)}: seeding the replay from a "
+                         "dataset needs one size; fine-tune without dataset_root / dataset_repo_id")
+    return next(iter(sizes), (96, 96))  # no camera: the size is not used
 
 
 def _msg(outbox: Any, kind: str, **payload: Any) -> None:
@@ -99,9 +120,11 @@ class _Loop:
             from dfp_ros.learning.dataset import ChunkDataset
 
             offline = ChunkDataset(cfg.dataset_repo_id, cfg.dataset_root or None, horizon=meta.horizon,
-                                   state_keys=[s.key for s in meta.state], image_keys=[], progress=False)
+                                   state_keys=[s.key for s in meta.state], image_keys=[c.key for c in meta.cameras],
+                                   image_size=seed_image_size(meta.cameras), progress=False)
         self.replay = ReplayBuffer(meta.state_dim, meta.horizon, meta.action_dim, cfg.replay_capacity, offline,
-                                   None if cfg.online_fraction < 0 else cfg.online_fraction)
+                                   None if cfg.online_fraction < 0 else cfg.online_fraction, cameras=meta.cameras,
+                                   max_image_bytes=int(cfg.replay_image_memory_gb * 1024**3))
         if resume and (self.ckpt / REPLAY_FILE).is_file():
             self.replay.load(self.ckpt / REPLAY_FILE)
         self.env_steps = int(extra.get("env_steps", 0))
@@ -109,7 +132,8 @@ class _Loop:
         self.exports = int(extra.get("exports", 0))
         self.curve = LearningCurve(self.out)
         self.paused: str = ""
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}  # the last update's statistics: 0-d device tensors
+        self._last_floats: dict[str, float] | None = {}
         self.last_export_t = time.monotonic()
         self.last_status_t = 0.0
         self.last_plot_t = 0.0
@@ -169,9 +193,11 @@ class _Loop:
         from dfp_ros.learning.transitions import Transition
 
         n = len(ep["mask"])
+        images, next_images = ep.get("images", {}), ep.get("next_images", {})
         for i in range(n):
             self.replay.add(Transition(ep["state"][i], ep["chunk"][i], ep["rewards"][i], ep["next_state"][i],
-                                       float(ep["mask"][i])))
+                                       float(ep["mask"][i]), images={k: v[i] for k, v in images.items()},
+                                       next_images={k: v[i] for k, v in next_images.items()}))
         self.env_steps += int(ep["steps"])
         self.episodes += 1
         self.curve.add({
@@ -179,7 +205,7 @@ class _Loop:
             "updates": self.learner.updates, "episode_return": ep["episode_return"], "success": int(ep["success"]),
             "steps": ep["steps"], "chunks": ep["chunks"], "joined": n, "dropped": sum(ep["dropped"].values()),
             "learning": int(self._should_update()),
-            **{k: self.last[k] for k in ("critic_loss", "q_mean", "topk_q", "nearest_pos") if k in self.last},
+            **{k: v for k, v in self.last_floats().items() if k in ("critic_loss", "q_mean", "topk_q", "nearest_pos")},
         })
         if time.monotonic() - self.last_plot_t > 10.0:
             self.curve.plot()
@@ -188,12 +214,21 @@ class _Loop:
     def _update(self) -> None:
         batch = self.replay.sample(self.learner.cfg.batch_size, self.learner.rng)
         self.last = self.learner.update(batch)
+        self._last_floats = None
         u = self.learner.updates
         due_s = self.cfg.export_every_s > 0 and time.monotonic() - self.last_export_t >= self.cfg.export_every_s
         if (self.cfg.export_every > 0 and u % self.cfg.export_every == 0) or due_s:
             self.export()
         if self.cfg.checkpoint_every > 0 and u % self.cfg.checkpoint_every == 0:
             self.save()
+
+    def last_floats(self) -> dict[str, float]:
+        """The last update's statistics as floats (converted once per update, when first asked for)."""
+        if self._last_floats is None:
+            from dfp_ros.learning.online import to_floats
+
+            self._last_floats = to_floats(self.last)
+        return self._last_floats
 
     def _status(self) -> None:
         now = time.monotonic()
@@ -203,7 +238,7 @@ class _Loop:
         _msg(self.outbox, "status", updates=self.learner.updates, env_steps=self.env_steps, episodes=self.episodes,
              replay_online=self.replay.size, replay_offline=self.replay.offline_size, exports=self.exports,
              target_updates=int(self._target_updates()),
-             learning=self._should_update(), paused=self.paused, **self.last)
+             learning=self._should_update(), paused=self.paused, **self.last_floats())
 
     # --- export and checkpoint -------------------------------------------------------------------------
     def export(self) -> Path | None:
@@ -231,11 +266,15 @@ class _Loop:
     def _validate(self, runtime: Any) -> None:
         meta = runtime.meta
         n = min(self.replay.size, 8)
-        states = self.replay.state[:n] if n else np.zeros((1, meta.state_dim), np.float32)
+        if n:
+            states, images = self.replay.state[:n], self.replay.images
+        else:  # nothing online yet: one blank observation
+            states = np.zeros((1, meta.state_dim), np.float32)
+            images = {c.name: np.zeros((1, c.height, c.width, 3), np.uint8) for c in meta.cameras}
         low, high = np.asarray(meta.action_low), np.asarray(meta.action_high)
         rng = np.random.default_rng(0)
-        for s in states:
-            chunk = runtime.act(s, None, rng).chunk
+        for i, s in enumerate(states):
+            chunk = runtime.act(s, {k: v[i] for k, v in images.items()}, rng).chunk
             if not np.isfinite(chunk).all():
                 raise ValueError("non-finite actions on a replay state")
             if (chunk < low - 1e-4).any() or (chunk > high + 1e-4).any():

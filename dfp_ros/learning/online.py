@@ -17,7 +17,7 @@ One update on a replay batch:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,27 @@ def online_actor_loss(model: DFPModel, ema_actor: nn.Module, batch: ChunkBatch,
     return loss, info
 
 
+def pinned(batch: ChunkBatch) -> ChunkBatch:
+    """The batch in page-locked host memory: its copy to a GPU is then asynchronous, whereas a copy
+    from ordinary (pageable) memory can make the host wait for the device."""
+    def pin(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v if v.is_pinned() or v.device.type != "cpu" else v.pin_memory()
+        if isinstance(v, dict):
+            return {k: pin(x) for k, x in v.items()}
+        return v
+
+    return ChunkBatch(**{f.name: pin(getattr(batch, f.name)) for f in fields(batch)})
+
+
+def to_floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`OnlineLearner.update`'s tensors as floats, for a log line or a message (one device sync)."""
+    if not info:
+        return {}
+    values = torch.stack([v.reshape(()).float() for v in info.values()]).cpu().tolist()
+    return dict(zip(info, values, strict=True))
+
+
 class OnlineLearner:
     """Networks + optimisers + target critic + EMA actor of one fine-tuning run."""
 
@@ -116,8 +137,14 @@ class OnlineLearner:
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
 
-    def update(self, batch: ChunkBatch) -> dict[str, float]:
-        batch = batch.to(self.device)
+    def update(self, batch: ChunkBatch) -> dict[str, torch.Tensor]:
+        """One critic + actor + target + EMA update; returns detached 0-d tensors (on the device).
+
+        Tensors, not floats: `float()` on a GPU tensor waits for the device, which would serialise
+        every update with the host. Callers convert only what they log, when they log it
+        (`to_floats`).
+        """
+        batch = (pinned(batch) if self.device.type == "cuda" else batch).to(self.device)
         c_loss, c_info = critic_loss(self.model, self.target_critic, batch, self.cfg.gamma, self.cfg.critic_samples)
         self.critic_opt.zero_grad(set_to_none=True)
         c_loss.backward()
@@ -129,7 +156,7 @@ class OnlineLearner:
         polyak_update(self.target_critic, self.model.critic, self.cfg.tau)
         ema_update(self.ema_actor, self.model.actor, self.cfg.ema_tau)
         self.updates += 1
-        return {k: float(v) for k, v in {**c_info, **a_info}.items()}
+        return {k: v.detach() for k, v in {**c_info, **a_info}.items()}
 
     # --- checkpoint ---------------------------------------------------------------------------------
     def save(self, folder: Path | str, extra: dict[str, Any] | None = None) -> Path:

@@ -7,31 +7,57 @@ by default a batch is drawn uniformly over the union (`online_fraction=None`); a
 online samples per batch can be asked for instead (useful when the offline set is much larger).
 The online part is persisted (`save` / `load`, one .npz) for a learner restart; the offline part is
 re-read from the dataset.
+
+Camera models (`cameras`): each online transition also holds one RGB uint8 image per camera at
+the model's input size, for its observation and for its next observation, in preallocated uint8
+rings (2 x capacity x h x w x 3 bytes per camera). The constructor refuses a capacity whose
+images would exceed `max_image_bytes` instead of running the machine out of memory later. The
+offline dataset must then hold the same cameras at the same size (`ChunkDataset(image_keys=...,
+image_size=...)` decodes them to uint8 in memory).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from dfp_ros.contracts import CameraSpec
 from dfp_ros.learning.dataset import ChunkBatch
-from dfp_ros.learning.transitions import Transition
+from dfp_ros.learning.transitions import Transition, check_image_memory
 
 if TYPE_CHECKING:
     from dfp_ros.learning.dataset import ChunkDataset
 
 
+DEFAULT_MAX_IMAGE_BYTES = 8 * 1024**3
+
+
+def _cat_images(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
 class ReplayBuffer:
-    """Online transitions in a ring of `capacity`, mixed with an optional offline ChunkDataset (state only)."""
+    """Online transitions in a ring of `capacity`, mixed with an optional offline ChunkDataset.
+
+    `cameras` (the model's, in its order) makes it hold images too; without, it is state-only and an
+    offline dataset with cameras is refused.
+    """
 
     def __init__(self, state_dim: int, horizon: int, action_dim: int, capacity: int = 1_000_000,
-                 offline: ChunkDataset | None = None, online_fraction: float | None = None):
+                 offline: ChunkDataset | None = None, online_fraction: float | None = None,
+                 cameras: Sequence[CameraSpec] = (), max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        self.cameras = list(cameras)
+        check_image_memory(self.cameras, capacity, max_image_bytes)
         if offline is not None:
-            if offline.images:
-                raise ValueError("the replay buffer holds state-only observations; this dataset has cameras")
+            want = [(c.name, c.height, c.width) for c in self.cameras]
+            have = [(c.name, c.height, c.width) for c in offline.cameras]
+            if sorted(want) != sorted(have):
+                raise ValueError(f"the offline dataset's cameras {have} (name, height, width) differ from the "
+                                 f"model's {want}" + ("" if want else ": this replay buffer is state-only"))
             if not offline.has_rewards:
                 raise ValueError("the offline dataset has no reward column: it cannot seed a critic's replay")
             if offline.state_dim != state_dim or offline.action_dim != action_dim:
@@ -47,6 +73,9 @@ class ReplayBuffer:
         self.rewards = np.zeros((capacity, horizon), np.float32)
         self.next_state = np.zeros((capacity, state_dim), np.float32)
         self.mask = np.zeros(capacity, np.float32)
+        # np.zeros maps untouched pages lazily: memory grows as the ring fills, up to the checked bound.
+        self.images = {c.name: np.zeros((capacity, c.height, c.width, 3), np.uint8) for c in self.cameras}
+        self.next_images = {c.name: np.zeros((capacity, c.height, c.width, 3), np.uint8) for c in self.cameras}
         self.size = 0
         self.cursor = 0
         self.added = 0  # online transitions ever added (the ring may have forgotten some)
@@ -58,18 +87,37 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size + self.offline_size
 
+    def _check_images(self, images: dict[str, np.ndarray], what: str) -> None:
+        if sorted(images) != sorted(self.images):
+            raise ValueError(f"transition {what} has cameras {sorted(images)}, the replay buffer expects "
+                             f"{sorted(self.images)}")
+        for c in self.cameras:
+            img = images[c.name]
+            if img.shape != (c.height, c.width, 3) or img.dtype != np.uint8:
+                raise ValueError(f"transition {what} camera {c.name}: {img.dtype} {img.shape}, expected uint8 "
+                                 f"{(c.height, c.width, 3)} (RGB at the model's input size)")
+
     def add(self, t: Transition) -> None:
+        """Store one transition; raises ValueError (and stores nothing) if its images do not fit."""
+        self._check_images(t.images, "images")
+        self._check_images(t.next_images, "next_images")
         i = self.cursor
         self.state[i], self.chunk[i], self.rewards[i] = t.state, t.chunk, t.rewards
         self.next_state[i], self.mask[i] = t.next_state, t.mask
+        for name in self.images:
+            self.images[name][i] = t.images[name]
+            self.next_images[name][i] = t.next_images[name]
         self.cursor = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
     def _online_batch(self, idx: np.ndarray) -> ChunkBatch:
-        return ChunkBatch(state=torch.from_numpy(self.state[idx]), images={},
+        return ChunkBatch(state=torch.from_numpy(self.state[idx]),
+                          images={k: torch.from_numpy(v[idx]) for k, v in self.images.items()},
                           chunk=torch.from_numpy(self.chunk[idx]), rewards=torch.from_numpy(self.rewards[idx]),
-                          next_state=torch.from_numpy(self.next_state[idx]), mask=torch.from_numpy(self.mask[idx]))
+                          next_state=torch.from_numpy(self.next_state[idx]),
+                          next_images={k: torch.from_numpy(v[idx]) for k, v in self.next_images.items()},
+                          mask=torch.from_numpy(self.mask[idx]))
 
     def split(self, batch_size: int, rng: np.random.Generator) -> int:
         """How many of `batch_size` samples come from the online part."""
@@ -94,24 +142,38 @@ class ReplayBuffer:
         if len(parts) == 1:
             return parts[0]
         a, b = parts
-        return ChunkBatch(state=torch.cat([a.state, b.state]), images={}, chunk=torch.cat([a.chunk, b.chunk]),
-                          rewards=torch.cat([a.rewards, b.rewards]), next_state=torch.cat([a.next_state, b.next_state]),
-                          mask=torch.cat([a.mask, b.mask]))
+        return ChunkBatch(state=torch.cat([a.state, b.state]), images=_cat_images(a.images, b.images),
+                          chunk=torch.cat([a.chunk, b.chunk]), rewards=torch.cat([a.rewards, b.rewards]),
+                          next_state=torch.cat([a.next_state, b.next_state]),
+                          next_images=_cat_images(a.next_images, b.next_images), mask=torch.cat([a.mask, b.mask]))
 
     # --- persistence (the online part; the offline part is re-read from its dataset) ---------------
     def save(self, path: Path | str) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         n = self.size
+        images = {f"image.{k}": v[:n] for k, v in self.images.items()}
+        images.update({f"next_image.{k}": v[:n] for k, v in self.next_images.items()})
         np.savez(tmp, state=self.state[:n], chunk=self.chunk[:n], rewards=self.rewards[:n],
-                 next_state=self.next_state[:n], mask=self.mask[:n], cursor=self.cursor, added=self.added)
+                 next_state=self.next_state[:n], mask=self.mask[:n], cursor=self.cursor, added=self.added, **images)
         tmp.replace(path)
 
     def load(self, path: Path | str) -> None:
         with np.load(path) as d:
+            saved = sorted(k.removeprefix("image.") for k in d.files if k.startswith("image."))
+            if saved != sorted(self.images):
+                raise ValueError(f"{path} holds images of cameras {saved}, this replay buffer expects "
+                                 f"{sorted(self.images)}")
             n = min(len(d["state"]), self.capacity)
             for name in ("state", "chunk", "rewards", "next_state", "mask"):
                 getattr(self, name)[:n] = d[name][:n]
+            for c in self.cameras:
+                for prefix, ring in (("image.", self.images), ("next_image.", self.next_images)):
+                    saved_images = d[prefix + c.name]  # read once: it may be gigabytes
+                    if saved_images.shape[1:] != (c.height, c.width, 3):
+                        raise ValueError(f"{path}: camera {c.name} images are {saved_images.shape[1:]}, this "
+                                         f"replay buffer expects {(c.height, c.width, 3)}")
+                    ring[c.name][:n] = saved_images[:n]
             self.size = n
             self.cursor = int(d["cursor"]) % self.capacity
             self.added = int(d["added"])

@@ -52,9 +52,17 @@ reliable cameras 10): only the newest message matters, and a recorder that fell 
 instead of working through a backlog older than max_age_s. Action mode keeps deep reliable queues:
 every command and state counts.
 
-Video: `use_videos`, `vcodec` (libsvtav1 default; h264 is faster), `streaming_encoding` (encode while
-recording, no PNG files, save near-instant; an episode whose encoder fell behind and dropped a frame is
-discarded with an error, never saved shorter than its data), `encoder_queue_maxsize`.
+Video: `use_videos`, `vcodec` (libsvtav1, lerobot's default; h264), `streaming_encoding` (default true:
+encode while recording, no PNG files, an episode is on disk well under a second after save). Measured on
+2 cores, 2 x 640x480 at 30 fps, CPU per frame: streaming 16 ms (h264) / 24 ms (libsvtav1); PNG files plus
+encoding at save 30-37 ms, which does not keep up there. An encoder that falls behind makes frames wait in
+the writer process, never dropped; should lerobot still drop one (its queue of `encoder_queue_maxsize` full),
+the episode is discarded with an error, never saved shorter than its data.
+
+Writer process: lerobot's writer (LeRobotDataset.create / add_frame / save_episode / finalize) runs in a
+child process (recorder.ProcessWriter, at a lower CPU priority), so PNG writing and video encoding never hold
+this process's GIL while camera images arrive; frames go to it through shared memory. It finishes and
+finalizes the dataset even if this process is killed.
 
 Progress: a log line every `progress_period_s` (episodes, frames, frame rate, frames not written per
 stream, writer backlog); at exit one line `collect summary {json}`.
@@ -87,12 +95,12 @@ from trajectory_msgs.msg import JointTrajectory
 from dfp_ros import contracts
 from dfp_ros.data.recorder import (
     IDLE,
+    IMAGE_PREFIX,
     RECORDING,
-    AsyncWriter,
-    DatasetWriter,
     EpisodeControl,
     FeatureMismatch,
     FrameSampler,
+    ProcessWriter,
     TriggerQueue,
     build_features,
     to_frame,
@@ -125,7 +133,9 @@ _MAX_CATCH_UP_S = 0.25  # timer mode: how far back due frames are still sampled 
 # Camera QoS (`camera_qos`): "sensor_data" (best effort) matches every publisher, but large images sent best
 # effort are lost when the receiver falls behind for a moment (measured here with Fast DDS: 2 x 640x480 at
 # 30 Hz, a third to two thirds lost). "reliable" loses none when the publisher is reliable too (realsense-ros'
-# default QoS; our realsense_node) - and with Fast DDS, FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in both processes.
+# default QoS; our realsense_node) - and, with Fast DDS on one machine, config/fastdds_shm_large.xml in both
+# processes (FASTDDS_DEFAULT_PROFILES_FILE): Fast DDS's default 512 KB shared-memory segment cannot hold a
+# 640x480 image, and LARGE_DATA then sends it over TCP, late (measured ~12 ms p50, one camera often >100 ms).
 
 
 def _str_array(desc: str) -> ParameterDescriptor:
@@ -168,7 +178,7 @@ class CollectNode(Node):
         use_videos = d("use_videos", True).value
         vcodec = d("vcodec", "libsvtav1").value
         parallel_encoding = d("parallel_encoding", False).value
-        streaming = d("streaming_encoding", False, ParameterDescriptor(
+        streaming = d("streaming_encoding", True, ParameterDescriptor(
             description="encode videos while recording (no PNG files; save is near-instant)")).value
         encoder_queue = d("encoder_queue_maxsize", 120).value
         state_topics = d("state_topics", [contracts.TOPIC_SIM_STATE], _str_array("state sources, in order")).value
@@ -257,14 +267,15 @@ class CollectNode(Node):
                         for n, h, w in zip(camera_names, camera_heights, camera_widths, strict=True)}
         self.features = build_features(names, self.action_names, self.cameras)
 
-        # --- dataset (opened on the writer thread; a refusal ends the node before it subscribes) -----
+        # --- dataset (opened by the writer process; a refusal ends the node before it subscribes) ----
         root_path = Path(root).expanduser()
-        self._writer = AsyncWriter(
-            lambda: DatasetWriter(root_path, repo_id, int(self.fps), self.features, append=append,
-                                  robot_type=robot_type, use_videos=use_videos, vcodec=vcodec,
-                                  parallel_encoding=parallel_encoding, streaming_encoding=streaming,
-                                  encoder_queue_maxsize=encoder_queue),
-            on_saved=self._on_saved)
+        self._writer = ProcessWriter(
+            dict(root=root_path, repo_id=repo_id, fps=int(self.fps), features=self.features, append=append,
+                 robot_type=robot_type, use_videos=use_videos, vcodec=vcodec, parallel_encoding=parallel_encoding,
+                 streaming_encoding=streaming, encoder_queue_maxsize=encoder_queue),
+            images={IMAGE_PREFIX + c: (h, w, 3) for c, (h, w) in self.cameras.items()},
+            # Two seconds of frames in flight between the processes (the writer copies each out at once).
+            slots=max(8, 2 * int(self.fps)), on_saved=self._on_saved)
         writer = self._writer.wait_ready()  # raises FeatureMismatch / FileExistsError: main() exits 2
         opened = f"appending to {writer.episodes_at_open} episodes" if writer.appended else "new dataset"
         self.get_logger().info(
@@ -293,10 +304,12 @@ class CollectNode(Node):
         self._frames_at_progress = 0
         self._t_progress = time.monotonic()
         self._episode_task = self.task
-        self._lags: deque[int] = deque(maxlen=5000)
+        self._lags: deque[int] = deque(maxlen=5000)  # the recent ones, for the median
+        self._lag_max = 0  # over the whole run: one stall is what loses frames
         self._period_ns = round(1e9 / self.fps)
         self._next_tick_ns = 0
         self.late_ticks = 0
+        self.writer_refused = 0
         self._started_once = False
 
         # --- interfaces -----------------------------------------------------------------------
@@ -353,6 +366,7 @@ class CollectNode(Node):
             if t > 0:
                 # How late messages are handled (published -> callback): the recorder's own lag.
                 self._lags.append(now - int(t))
+                self._lag_max = max(self._lag_max, now - int(t))
                 return int(t)
         return now
 
@@ -504,7 +518,13 @@ class CollectNode(Node):
         v = res.values
         state = np.concatenate([v[s] for s, _, _ in self._sources])
         images = {c: v[f"camera:{c}"] for c in self.cameras}
-        self._writer.add_frame(to_frame(state, v[ACTION_STREAM], images), self._episode_task)
+        if not self._writer.add_frame(to_frame(state, v[ACTION_STREAM], images), self._episode_task):
+            # The writer process is gone or starved for seconds: this frame is lost, and counted.
+            self.sampler.dropped += 1
+            self.writer_refused += 1
+            self._warn("writer", f"frame not written: the dataset writer is behind ({self.writer_refused} so far; "
+                                 f"{self._writer.stats.error or 'ring full'})")
+            return
         self.episode_frames += 1
 
     def _request(self, what: str) -> tuple[bool, str]:
@@ -541,7 +561,7 @@ class CollectNode(Node):
             self.get_logger().debug(why)
 
     def _on_saved(self, index: int, frames: int, latency_s: float) -> None:
-        # On the writer thread: only log.
+        # On the thread that reads the writer process's reports: only log.
         self.get_logger().info(f"episode {index} on disk: {frames} frames, {latency_s:.2f} s after save")
 
     # --- reporting ------------------------------------------------------------------------------------
@@ -562,13 +582,13 @@ class CollectNode(Node):
             "episodes_saved": w.episodes_saved, "episodes_discarded": w.episodes_discarded,
             "saved_lengths": w.saved_lengths, "frames_sampled": self.sampler.frames,
             "frames_added": w.frames_written, "frames_not_written": self.sampler.dropped,
-            "late_frames": self.late_ticks,
+            "late_frames": self.late_ticks, "writer_refused": self.writer_refused,
             "missing": {k: v for k, v in self.sampler.missing.items() if v},
             "stale": {k: v for k, v in self.sampler.stale.items() if v},
             "handling_lag_ms_p50": round(float(np.median(self._lags)) / 1e6, 2) if self._lags else None,
-            "handling_lag_ms_max": round(max(self._lags) / 1e6, 2) if self._lags else None,
+            "handling_lag_ms_max": round(self._lag_max / 1e6, 2) if self._lags else None,
             "received": self.sampler.received, "bad_messages": self.bad, "writer_backlog": self._writer.backlog,
-            "writer_busy_s": round(w.write_s, 3),
+            "writer_busy_s": round(w.write_s, 3), "writer_cpu_s": round(w.cpu_s, 2),
             "save_latency_s_max": round(lat[-1], 3) if lat else None,
             "save_latency_s_p50": round(lat[len(lat) // 2], 3) if lat else None,
             "writer_error": w.error,

@@ -6,13 +6,25 @@ checkpoints, learning curve) runs in a child process (`dfp_ros.learning.learner_
 training step never delays this executor — it stamps header-less messages at receipt, the same rule
 the policy node uses, and the join depends on those stamps.
 
-Per robot namespace (`robots`, default [""] = the root namespace; topic names are relative):
-  <ns>/<state_topic>       std_msgs/Float32MultiArray, the model's state vector (sim: sim/state)
+Per robot namespace (`robots`, default [""] = the root namespace; relative topic names resolve
+under it, absolute ones are used as they are):
+  <ns>/<state_topics[i]>   the model's state, assembled like the policy node does it (same parameters,
+                           same `ObservationAssembler`): `state_types[i]` float32_array
+                           (std_msgs/Float32MultiArray; sim: sim/state) or joint_state
+                           (sensor_msgs/JointState, joints taken by name for the `<joint>.pos/.vel/.eff`
+                           names of the key `state_keys[i]` fills)
+  <ns>/<camera.<name>.topic>  sensor_msgs/Image (or CompressedImage, `camera.<name>.compressed`), one
+                           per camera the model names, decoded and resized to the model's size
   <ns>/<chunk_topic>       trajectory_msgs/JointTrajectory, the policy's chunks (stamp = its observation's)
   <ns>/<reward_topic>      std_msgs/Float32
   <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset
   -> chunk transitions (observation, executed chunk, rewards, next observation, mask), counted and
-     dropped by reason when they cannot be joined exactly.
+     dropped by reason when they cannot be joined exactly. An observation is assembled when every
+     part is younger than `max_obs_age_s`.
+Camera models: transitions carry the frames (uint8, the model's size) of both observations, and the
+learner's replay keeps them (2 frames per transition); a `replay_capacity` whose frames would need
+more than `replay_image_memory_gb` is refused at start, saying what would fit. A dataset seeding the
+replay must hold the model's cameras (decoded at the model's size).
 Model hand-over (each export that passed validation): `share_filesystem: true` sets the parameter
 `model_path` of <ns>/<policy_node_name> (SetParameters; the node validates and swaps, or refuses and
 keeps its model); false publishes the ONNX bytes on <ns>/dfp/model_update (UInt8MultiArray,
@@ -31,8 +43,21 @@ publisher sent them (the DDS source timestamp; one host, or clocks synchronised 
   so no newer observation can exist. (Joining by the chunk's header stamp does not work for the
   simulator's header-less Float32MultiArray state: the policy node stamps it with its own clock at
   receipt, which this node cannot reproduce exactly.)
-- `stamp`: observations with a header (JointState, Image) by their header stamp, and each chunk by
-  its header stamp, exactly (DESIGN.md §3.2) — for real robots whose policy may lag behind.
+  Needs one message per observation: a single state source and no camera (refused otherwise: two
+  messages of one step would be two observations).
+- `stamp`: observations by their header stamp (JointState, Image, CompressedImage; an observation of
+  several parts has the oldest part's stamp, the policy node's rule) and each chunk by its header
+  stamp, exactly (DESIGN.md §3.2) — for real robots whose policy may lag behind. Every state source
+  must then be a JointState (a Float32MultiArray has no header: refused). Exact when the parts of one
+  observation share a stamp (a robot stamping its joints and camera frame alike); with parts from
+  unsynchronised drivers the policy's observation carries the oldest part's stamp, and the join takes
+  the first combination under that stamp, whose newer parts may be up to one period older than the
+  policy's.
+Steps (`steps_from`): `observations` (default) counts each observation as one control step — a
+lock-step robot, a simulator, a robot publishing its state at the control rate; `fps` (join: stamp
+only) counts 1/fps of stamp time as a step — a robot whose joint states come faster than the policy
+acts (a 100 Hz joint_state_broadcaster, a policy on a 20 Hz timer); see "Steps by time" in
+dfp_ros/learning/transitions.py.
 
 Diagnostics on /diagnostics every second: episodes, env steps, joined, dropped per reason, updates,
 exports, models accepted/refused, learning/paused, critic loss, Q.
@@ -60,30 +85,66 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from dfp_ros import contracts
-from dfp_ros.learning.learner_loop import LoopConfig, learner_main
-from dfp_ros.learning.transitions import REWARD_MODES, EpisodeRecord, TransitionJoiner
+from dfp_ros.contracts import ModelMetadata
+from dfp_ros.learning.learner_loop import LoopConfig, learner_main, seed_image_size
+from dfp_ros.learning.transitions import REWARD_MODES, EpisodeRecord, TransitionJoiner, check_image_memory
 from dfp_ros.nodes.node_main import run_node
+from dfp_ros.runtime.observation import (
+    ObservationAssembler,
+    ObservationError,
+    StateSource,
+    build_plans,
+    decode_compressed,
+    decode_raw_image,
+)
 
 NODE_NAME = "finetune_node"
 JOIN_MODES = ("causal", "stamp")
+STEPS_FROM = ("observations", "fps")
+CLOCK_MISMATCH_NS = 5_000_000_000  # header stamp vs publish time: beyond transport delay, another clock
 _EVENTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Cameras publish best effort (sensor data); a best-effort reader matches any writer. Deeper than the
+# sensor-data default (5): every frame the policy saw should reach the join (a missed one costs its
+# chunk, "chunk_without_observation"), but raw frames are large: 10 is a third of a second at 30 Hz.
+_FRAMES = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 
 
 def _topic(ns: str, name: str) -> str:
+    if name.startswith("/"):  # absolute: the same topic for every robot
+        return name
     ns = ns.strip("/")
     return f"{ns}/{name}" if ns else name
+
+
+def state_sources(meta: ModelMetadata, topics: list[str], types: list[str], keys: list[str]) -> list[StateSource]:
+    """The policy node's `state_topics` / `state_types` / `state_keys` -> StateSources (ValueError if they do not fit).
+
+    `keys` may hold one entry for all topics; '' means the model's only state key. The mapping onto
+    the state vector is checked here (`build_plans`), so a bad configuration stops the node at start.
+    """
+    if not (len(topics) == len(types) and len(keys) in (len(topics), 1)) or not topics:
+        raise ValueError(f"state_topics {topics}, state_types {types} and state_keys {keys} must be non-empty "
+                         "lists of equal lengths (state_keys may hold one entry for all)")
+    keys = list(keys) * (len(topics) if len(keys) == 1 else 1)
+    if any(k == "" for k in keys) and len(meta.state) != 1:
+        raise ValueError(f"the model has state keys {[s.key for s in meta.state]}: name one per state topic in "
+                         "state_keys")
+    sources = [StateSource(t, ty, k or meta.state[0].key) for t, ty, k in zip(topics, types, keys, strict=True)]
+    build_plans(meta, sources)
+    return sources
 
 
 def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _model_meta(checkpoint: Path) -> dict[str, Any]:
+def _model_meta(checkpoint: Path) -> ModelMetadata:
     """The model's metadata from a checkpoint's config.json (JSON only: no torch in this process)."""
     cfg = checkpoint / "config.json"
     if not cfg.is_file():
@@ -91,7 +152,7 @@ def _model_meta(checkpoint: Path) -> dict[str, Any]:
     config = json.loads(cfg.read_text())
     if not config.get("model_config", {}).get("use_critic"):
         raise ValueError(f"checkpoint {checkpoint} has no critic; fine-tuning needs one (`dfp train --critic`)")
-    return config["metadata"]
+    return ModelMetadata.from_dict(config["metadata"])
 
 
 class _Robot:
@@ -114,11 +175,16 @@ class FinetuneNode(Node):
         out.mkdir(parents=True, exist_ok=True)
         resume = (out / "learner" / "config.json").is_file()
         meta = _model_meta(out / "learner" if resume else Path(p["init_checkpoint"]))
-        self.horizon = int(meta["horizon"])
-        self.action_names: list[str] = list(meta["action_names"])
-        self.state_dim = sum(int(s["dim"]) for s in meta["state"])
-        if meta.get("cameras"):
-            raise ValueError("this finetune_node learns from state-only models; the model has cameras")
+        self.meta = meta
+        self.horizon = meta.horizon
+        self.action_names: list[str] = list(meta.action_names)
+        self.state_dim = meta.state_dim
+        self.sources = state_sources(meta, p["state_topics"], p["state_types"], p["state_keys"])
+        self.camera_topics = self._declare_cameras(meta)
+        self._check_join(meta)
+        check_image_memory(meta.cameras, p["replay_capacity"], int(p["replay_image_memory_gb"] * 1024**3))
+        if p["dataset_root"] or p["dataset_repo_id"]:
+            seed_image_size(meta.cameras)  # refuse here, not later in the learner process
 
         self.counts: Counter[str] = Counter()
         self.robots: dict[str, _Robot] = {}
@@ -145,8 +211,8 @@ class FinetuneNode(Node):
             updates_per_step=p["updates_per_step"], export_every=p["export_every"],
             export_every_s=p["export_every_s"], export_num_samples=p["export_num_samples"],
             checkpoint_every=p["checkpoint_every"], replay_capacity=p["replay_capacity"],
-            online_fraction=p["online_fraction"], device=p["device"], torch_threads=p["torch_threads"],
-            seed=p["seed"], online=online)
+            online_fraction=p["online_fraction"], replay_image_memory_gb=p["replay_image_memory_gb"],
+            device=p["device"], torch_threads=p["torch_threads"], seed=p["seed"], online=online)
         self.proc = ctx.Process(target=learner_main, args=(loop_cfg, self.inbox, self.outbox, os.getpid()),
                                 name="dfp_learner", daemon=True)
         self.proc.start()
@@ -157,8 +223,11 @@ class FinetuneNode(Node):
         self.create_timer(1.0, self._publish_diagnostics, clock=steady)
         self._diag_pub = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
         self.get_logger().info(
-            f"learning from {len(self.robots)} robot(s) {[r or '/' for r in self.robots]}: {p['state_topic']}, "
-            f"{p['chunk_topic']}, {p['reward_topic']} ({p['reward_mode']}), {p['episode_topic']}; H={self.horizon}; "
+            f"learning from {len(self.robots)} robot(s) {[r or '/' for r in self.robots]}: "
+            f"{[f'{s.topic} ({s.type})' for s in self.sources]}, "
+            + "".join(f"camera {c} <- {t}{' (compressed)' if z else ''}, " for c, (t, z) in self.camera_topics.items())
+            + f"{p['chunk_topic']}, {p['reward_topic']} ({p['reward_mode']}), {p['episode_topic']}; join "
+            f"{p['join']}, steps from {p['steps_from']}; H={self.horizon}; "
             f"models to {p['policy_node_name']} via "
             f"{'model_path parameter' if p['share_filesystem'] else contracts.TOPIC_MODEL_UPDATE}; output {out}")
 
@@ -166,13 +235,14 @@ class FinetuneNode(Node):
     def _declare(self) -> dict[str, Any]:
         specs: list[tuple[str, Any]] = [
             ("init_checkpoint", ""), ("output_dir", "outputs/finetune"), ("dataset_root", ""), ("dataset_repo_id", ""),
-            ("robots", [""]), ("state_topic", contracts.TOPIC_SIM_STATE), ("chunk_topic", contracts.TOPIC_POLICY_CHUNK),
+            ("robots", [""]), ("state_topics", [contracts.TOPIC_SIM_STATE]), ("state_types", ["float32_array"]),
+            ("state_keys", [""]), ("max_obs_age_s", 1.0), ("chunk_topic", contracts.TOPIC_POLICY_CHUNK),
             ("reward_topic", contracts.TOPIC_REWARD), ("episode_topic", contracts.TOPIC_EPISODE),
-            ("reward_mode", "per_step"), ("join", "causal"), ("join_grace_s", 0.5),
+            ("reward_mode", "per_step"), ("join", "causal"), ("steps_from", "observations"), ("join_grace_s", 0.5),
             ("warmup_steps", 5000), ("updates_per_step", 1.0), ("batch_size", 256), ("num_gen", 8),
             ("num_candidates", 16), ("top_k", 4), ("lam", 0.5), ("ema_tau", 1e-4), ("gamma", 0.99), ("tau", 0.005),
             ("lr", 3e-4), ("critic_samples", 16), ("temperatures", [0.02, 0.05, 0.2, 0.5, 1.0]),
-            ("replay_capacity", 1_000_000), ("online_fraction", -1.0),
+            ("replay_capacity", 1_000_000), ("replay_image_memory_gb", 8.0), ("online_fraction", -1.0),
             ("export_every", 1000), ("export_every_s", 0.0), ("export_num_samples", 16), ("checkpoint_every", 1000),
             ("share_filesystem", True), ("policy_node_name", "policy_node"),
             ("reward_silence_s", 5.0), ("episode_silence_s", 60.0), ("pace_robot", False), ("max_update_lag", 200),
@@ -185,11 +255,19 @@ class FinetuneNode(Node):
                 value = float(value)
             values[name] = value
         values["robots"] = [str(r) for r in values["robots"]] or [""]
+        for name in ("state_topics", "state_types", "state_keys"):
+            if not isinstance(values[name], (list, tuple)):
+                raise ValueError(f"{name} must be a list of strings, got {values[name]!r}")
+            values[name] = [str(v) for v in values[name]]
         values["temperatures"] = [float(t) for t in values["temperatures"]]
         if values["reward_mode"] not in REWARD_MODES:
             raise ValueError(f"reward_mode={values['reward_mode']!r}; expected one of {REWARD_MODES}")
         if values["join"] not in JOIN_MODES:
             raise ValueError(f"join={values['join']!r}; expected one of {JOIN_MODES}")
+        if values["steps_from"] not in STEPS_FROM:
+            raise ValueError(f"steps_from={values['steps_from']!r}; expected one of {STEPS_FROM}")
+        if values["steps_from"] == "fps" and values["join"] != "stamp":
+            raise ValueError("steps_from: fps places chunks by their header stamps; it needs join: stamp")
         if not values["init_checkpoint"] and not (Path(values["output_dir"]) / "learner" / "config.json").is_file():
             raise ValueError("init_checkpoint is required (a `dfp train --critic` checkpoint folder) unless "
                              "output_dir holds a learner checkpoint to resume")
@@ -197,29 +275,91 @@ class FinetuneNode(Node):
             raise ValueError(f"top_k must be in 1..num_candidates, got {values['top_k']}")
         return values
 
+    def _declare_cameras(self, meta: ModelMetadata) -> dict[str, tuple[str, bool]]:
+        """camera.<name>.topic / .compressed for each camera the model names (the policy node's parameters)."""
+        out = {}
+        for i, cam in enumerate(meta.cameras):
+            default = contracts.TOPIC_SIM_CAMERA if i == 0 else f"camera/{cam.name}/image_raw"
+            topic = str(self.declare_parameter(f"camera.{cam.name}.topic", default).value)
+            compressed = bool(self.declare_parameter(f"camera.{cam.name}.compressed", False).value)
+            out[cam.name] = (topic, compressed)
+        return out
+
+    def _check_join(self, meta: ModelMetadata) -> None:
+        """Refuse the combinations whose observations the join could not place exactly (see the module doc)."""
+        if self.p["join"] == "causal":
+            if len(self.sources) > 1 or meta.cameras:
+                raise ValueError(
+                    f"join: causal places each observation by the time its message was sent, so it needs exactly one "
+                    f"observation message per step; this model reads {len(self.sources)} state topic(s) and cameras "
+                    f"{[c.name for c in meta.cameras]}. Use join: stamp with header-stamped JointState / Image topics")
+        else:
+            headerless = [s.topic for s in self.sources if s.type != "joint_state"]
+            if headerless:
+                raise ValueError(
+                    f"join: stamp joins observations by their header stamp, but state topics {headerless} are "
+                    "Float32MultiArray (no header); use joint_state sources (sensor_msgs/JointState), or join: causal "
+                    "for a lock-step robot publishing one Float32MultiArray per step")
+
     def _add_robot(self, ns: str) -> None:
         p = self.p
-        robot = _Robot(ns, TransitionJoiner(self.horizon, ns, p["reward_mode"], p["join_grace_s"]))
+        step_ns = round(1e9 / self.meta.fps) if p["steps_from"] == "fps" else None
+        robot = _Robot(ns, TransitionJoiner(self.horizon, ns, p["reward_mode"], p["join_grace_s"], step_ns=step_ns))
         self.robots[ns] = robot
         j = robot.joiner
+        # The policy node's assembly, per robot: the same sources give the same state vector.
+        asm = ObservationAssembler(self.meta, self.sources, p["max_obs_age_s"])
 
         causal = p["join"] == "causal"
 
         def stamp(info: Any, header: Any = None) -> int:
             # A header stamp when the message has one (and we join by stamps), else when it was published.
+            sent = int(info["source_timestamp"])
             if header is not None and not causal:
-                ns = _stamp_ns(header.stamp)
-                if ns:
-                    return ns
-            return int(info["source_timestamp"])
+                stamped = _stamp_ns(header.stamp)
+                if stamped:
+                    if abs(stamped - sent) > CLOCK_MISMATCH_NS:
+                        # Rewards and events are placed by publish time: header stamps from another clock
+                        # (a simulator's /clock, an unsynchronised computer) can never fall in their windows.
+                        self.counts["bad_stamp_clock"] += 1
+                        self.get_logger().warning(
+                            f"[{ns or '/'}] header stamps are {(stamped - sent) / 1e9:+.1f} s from their publish "
+                            "time: the publisher stamps with another clock (sim time? no chrony/PTP?), so "
+                            "observations cannot be joined with rewards and episode events", throttle_duration_sec=10.0)
+                    return stamped
+            return sent
 
-        def on_state(msg: Float32MultiArray, info: Any) -> None:
-            robot.last["observation"] = time.monotonic()
-            v = np.asarray(msg.data, np.float32)
-            if v.shape != (self.state_dim,) or not np.isfinite(v).all():
+        def put(what: str, store: Any) -> None:
+            """Store one part of the observation; when all parts are fresh, hand the observation to the join."""
+            now = time.monotonic()
+            robot.last["observation"] = now
+            try:
+                store(now)
+            except ObservationError as e:
                 self.counts["bad_observation"] += 1
+                self.get_logger().warning(f"[{ns or '/'}] {what} dropped: {e}", throttle_duration_sec=5.0)
                 return
-            j.add_observation(stamp(info), v)
+            obs = asm.ready(now)
+            if obs is not None:
+                j.add_observation(obs.stamp_ns, obs.state, obs.images)
+
+        def on_array(index: int, msg: Float32MultiArray, info: Any) -> None:
+            put(self.sources[index].topic, lambda now: asm.put_array(
+                index, np.asarray(msg.data, np.float32), stamp(info), now))
+
+        def on_joints(index: int, msg: JointState, info: Any) -> None:
+            fields = {"position": np.asarray(msg.position), "velocity": np.asarray(msg.velocity),
+                      "effort": np.asarray(msg.effort)}
+            put(self.sources[index].topic, lambda now: asm.put_joint_state(
+                index, list(msg.name), fields, stamp(info, msg.header), now))
+
+        def on_image(camera: str, compressed: bool, msg: Image | CompressedImage, info: Any) -> None:
+            def store(now: float) -> None:
+                rgb = (decode_compressed(msg.format, msg.data) if compressed else
+                       decode_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data))
+                asm.put_image(camera, rgb, stamp(info, msg.header), now)
+
+            put(f"camera {camera}", store)
 
         def on_chunk(msg: JointTrajectory, info: Any) -> None:
             robot.last["chunk"] = time.monotonic()
@@ -233,7 +373,7 @@ class FinetuneNode(Node):
             if causal:
                 j.add_chunk(int(info["source_timestamp"]), actions, causal=True)
             else:
-                j.add_chunk(_stamp_ns(msg.header.stamp), actions)
+                j.add_chunk(_stamp_ns(msg.header.stamp), actions, sent_ns=int(info["source_timestamp"]))
 
         def on_reward(msg: Float32, info: Any) -> None:
             robot.last["reward"] = time.monotonic()
@@ -246,7 +386,16 @@ class FinetuneNode(Node):
             robot.last["episode"] = time.monotonic()
             j.add_event(msg.data, stamp(info), now=time.monotonic())
 
-        self.create_subscription(Float32MultiArray, _topic(ns, p["state_topic"]), on_state, _EVENTS)
+        for i, src in enumerate(self.sources):
+            if src.type == "joint_state":
+                self.create_subscription(JointState, _topic(ns, src.topic),
+                                         lambda m, info, i=i: on_joints(i, m, info), _EVENTS)
+            else:
+                self.create_subscription(Float32MultiArray, _topic(ns, src.topic),
+                                         lambda m, info, i=i: on_array(i, m, info), _EVENTS)
+        for cam, (topic, compressed) in self.camera_topics.items():
+            self.create_subscription(CompressedImage if compressed else Image, _topic(ns, topic),
+                                     lambda m, info, c=cam, z=compressed: on_image(c, z, m, info), _FRAMES)
         self.create_subscription(JointTrajectory, _topic(ns, p["chunk_topic"]), on_chunk, _EVENTS)
         self.create_subscription(Float32, _topic(ns, p["reward_topic"]), on_reward, _EVENTS)
         self.create_subscription(String, _topic(ns, p["episode_topic"]), on_episode, _EVENTS)
@@ -275,6 +424,11 @@ class FinetuneNode(Node):
             "rewards": np.array([t.rewards for t in ts], np.float32).reshape(-1, H),
             "next_state": np.array([t.next_state for t in ts], np.float32).reshape(-1, S),
             "mask": np.array([t.mask for t in ts], np.float32),
+            # Camera models: uint8 [n, h, w, 3] per camera, for the observation and the next one.
+            "images": {c.name: np.array([t.images[c.name] for t in ts], np.uint8).reshape(-1, c.height, c.width, 3)
+                       for c in self.meta.cameras},
+            "next_images": {c.name: np.array([t.next_images[c.name] for t in ts], np.uint8).reshape(
+                -1, c.height, c.width, 3) for c in self.meta.cameras},
         }
         self.counts["episodes"] += 1
         self.counts["env_steps"] += rec.steps

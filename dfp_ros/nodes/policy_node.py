@@ -11,11 +11,20 @@ messages dropped and counted) -> inference thread (PolicyRuntime.act, seeded num
 
 Threads: control ticks run on their own thread (a deadline loop at `control_rate_hz`), inference on
 another (ONNX Runtime releases the GIL), and the ROS callbacks (observations, e-stop, enable,
-parameters, model updates, diagnostics) on a SingleThreadedExecutor. So neither a slow inference
-nor loading a new model (in the parameter callback) can delay a tick. Why not a timer in its own
-callback group on a MultiThreadedExecutor: with this rclpy (Kilted, PyPI wheels) that executor was
-measured to deliver subscription messages late (~100 ms, or only at the next timer event) and so
-tripped the 2-period watchdog; the single-threaded executor delivers in < 1 ms.
+parameters, model updates, diagnostics) on one executor thread (node_main: EventsExecutor, or
+SingleThreadedExecutor). So neither a slow inference nor loading a new model (in the parameter
+callback) can delay a tick. Why not a timer in its own callback group on a MultiThreadedExecutor:
+with this rclpy (Kilted, PyPI wheels) that executor was measured to deliver subscription messages
+late (~100 ms, or only at the next timer event) and so tripped the 2-period watchdog; the
+single-threaded executors deliver in < 1 ms.
+Tick timing: the three threads share Python's GIL, so a tick that wakes while another thread runs
+Python waits for it. Two things bound that wait: the process's GIL switch interval is lowered to
+GIL_SWITCH_INTERVAL_S (Python's default 5 ms would let a callback delay a tick by up to 5 ms), and
+the control thread wakes SPIN_LEAD_S before each deadline and busy-waits the rest holding the GIL
+(shorter than the switch interval, so it is not taken away), then publishes a pre-built message.
+What neither can help with is a machine whose cores are busy with other work: the kernel then decides
+when the control thread runs. `control_thread_priority` makes that thread SCHED_FIFO (real-time),
+as robot control loops usually are; the callbacks and inference keep ordinary scheduling.
 
 Triggers (`trigger`):
 - "timer": ticks at `control_rate_hz`; a re-plan is requested every `replan_every` ticks or when
@@ -56,6 +65,8 @@ Parameters (* = may be changed on a running node; the rest are read at start):
   camera.<name>.topic, camera.<name>.compressed   per model camera (Image or CompressedImage)
   episode_topic          std_msgs/String episode events; an episode's end clears the queue ('' = off)
   diagnostics_period_s
+  control_thread_priority  SCHED_FIFO priority 1-99 of the control thread (trigger timer), 0 = ordinary
+                         scheduling; needs CAP_SYS_NICE or an rtprio limit, else a warning and ordinary
 
 Timing: message freshness (watchdog, `max_obs_age_s`) is judged on the node's monotonic receipt
 time; chunk stamps are the observation's stamp (header stamp, or the ROS clock at receipt for
@@ -64,6 +75,8 @@ header-less messages like Float32MultiArray).
 
 from __future__ import annotations
 
+import array
+import os
 import sys
 import threading
 import time
@@ -78,7 +91,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
@@ -86,7 +98,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dfp_ros import contracts
 from dfp_ros.contracts import ContractError
-from dfp_ros.nodes.node_main import run_node
+from dfp_ros.nodes.node_main import executor_from_env, run_node
 from dfp_ros.runtime.chunk_queue import MERGE_RULES, ChunkQueue
 from dfp_ros.runtime.observation import (
     STATE_SOURCE_TYPES,
@@ -103,6 +115,13 @@ NODE_NAME = "policy_node"
 BUNDLED_MODEL = "cube_single.onnx"
 COMMAND_TYPES = ("float64_array", "joint_trajectory", "joint_state")
 TRIGGERS = ("timer", "observation")
+# The control thread sleeps until this long before a deadline, then busy-waits holding the GIL: the
+# wake-up (timer slack, scheduler, taking the GIL back) costs ~0.05-0.3 ms here, and 0.3 ms of spinning
+# per tick is 1.5% of a core at 50 Hz.
+SPIN_LEAD_S = 0.0003
+# Longest a thread that wants the GIL waits before the holder is asked to drop it (Python default 5 ms).
+# Above SPIN_LEAD_S, so the control thread's final spin keeps the GIL it holds.
+GIL_SWITCH_INTERVAL_S = 0.0005
 # Parameters a running node accepts; changing any other is refused ("read at start only").
 RUNTIME_CHANGEABLE = {"use_sim_time", "model_path", "enabled", "dry_run", "watchdog_action", "max_obs_age_s",
                       "max_delta", "ensemble_k", "replan_every", "queue_low"}
@@ -198,6 +217,8 @@ class PolicyNode(Node):
             compressed = self.declare_parameter(f"camera.{cam.name}.compressed", False).value
             cam_cfg[cam.name] = (topic, compressed)
         diag_period = self.declare_parameter("diagnostics_period_s", 1.0).value
+        self._control_priority = self.declare_parameter("control_thread_priority", 0, ParameterDescriptor(
+            description="SCHED_FIFO priority 1-99 of the control thread; 0 = ordinary scheduling")).value
         episode_topic = self.declare_parameter("episode_topic", contracts.TOPIC_EPISODE, ParameterDescriptor(
             description="std_msgs/String episode events; an episode's end clears the queue ('' = off)")).value
 
@@ -209,6 +230,8 @@ class PolicyNode(Node):
                 raise ValueError(f"parameter {name}={value!r} is not one of {allowed}")
         if rate <= 0:
             raise ValueError(f"control_rate_hz must be > 0, got {rate}")
+        if not 0 <= self._control_priority <= 99:
+            raise ValueError(f"control_thread_priority must be 0 (off) or 1-99, got {self._control_priority}")
         if not (len(state_topics) == len(state_types) and len(state_keys) in (len(state_topics), 1)):
             raise ValueError(f"state_topics {state_topics}, state_types {state_types} and state_keys "
                              f"{state_keys} must have equal lengths")
@@ -234,7 +257,13 @@ class PolicyNode(Node):
 
         # --- bookkeeping for diagnostics ----------------------------------------------------
         self._dropped: dict[str, int] = {}
-        self._latencies: deque[float] = deque(maxlen=500)
+        self._latencies: deque[float] = deque(maxlen=500)  # inference alone (runtime.act), s
+        # Observation stamp -> chunk handed to the publisher, ns (in the ROS clock, like the stamps): inference
+        # plus waiting for the inference thread, the lock and message building; the transport is not in it.
+        self._obs_to_chunk: deque[int] = deque(maxlen=500)
+        # Per camera, the oldest frame an inference used since the last diagnostics (s): a camera that
+        # lags behind the state shows here, while observation_age_s only shows the oldest part right now.
+        self._camera_max_age: dict[str, float] = {}
         self._tick_times: deque[float] = deque(maxlen=100)
         self._ticks = self._commands = self._chunks = self._missed_ticks = 0
         self._ticks_since_plan = 10**9  # plan at the first chance
@@ -243,6 +272,7 @@ class PolicyNode(Node):
         self._last_state = ""
         self._last_watchdog = ""
         self._last_model_event = "started"
+        self._control_scheduling = "none" if self._trigger == "observation" else "other"  # until the thread says
 
         # --- interfaces -------------------------------------------------------------------------
         # Separate groups keep these independent if the node is composed into a multi-threaded executor.
@@ -255,6 +285,8 @@ class PolicyNode(Node):
         msg_type = {"float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory,
                     "joint_state": JointState}[command_type]
         self._cmd_pub = self.create_publisher(msg_type, "~/command", 10)
+        self._cmd_msg = self._new_command_msg()
+        self._chunk_template: tuple[PolicyRuntime, JointTrajectory] | None = None  # see _fill_chunk_msg
         self._diag_pub = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
 
         for i, src in enumerate(sources):
@@ -529,6 +561,8 @@ class PolicyNode(Node):
             obs = self._asm.ready(now)
             if obs is None:
                 return  # stale or incomplete; the watchdog handles commands, a fresh message re-plans
+            for cam, age in self._asm.camera_ages(now).items():  # all set: the observation is ready
+                self._camera_max_age[cam] = max(age, self._camera_max_age.get(cam, 0.0))
         t0 = time.perf_counter()
         result = runtime.act(obs.state, obs.images, self._rng)
         latency = time.perf_counter() - t0
@@ -544,33 +578,62 @@ class PolicyNode(Node):
             else:
                 self._queue.push(chunk, now - obs.age_s, time.monotonic())
             self._ticks_since_plan = 0
-            self._latencies.append(latency)
             self._chunks += 1
-            names = list(runtime.meta.action_names)
-            fps = runtime.meta.fps
-        self._chunk_pub.publish(self._chunk_msg(chunk, names, fps, obs.stamp_ns))
+        msg = self._fill_chunk_msg(runtime, chunk, obs.stamp_ns)
+        obs_to_chunk = self._now_ns() - obs.stamp_ns
+        with self._lock:  # both figures of one chunk together, so diagnostics compare like with like
+            self._latencies.append(latency)
+            self._obs_to_chunk.append(obs_to_chunk)
+        self._chunk_pub.publish(msg)
 
-    @staticmethod
-    def _chunk_msg(chunk: np.ndarray, names: list[str], fps: float, stamp_ns: int) -> JointTrajectory:
-        msg = JointTrajectory()
-        msg.header.stamp = Time(nanoseconds=stamp_ns).to_msg()
-        msg.joint_names = names
-        for i, action in enumerate(chunk):
-            t = (i + 1) / fps
-            msg.points.append(JointTrajectoryPoint(
-                positions=[float(x) for x in action],
-                time_from_start=Duration(sec=int(t), nanosec=round((t - int(t)) * 1e9))))
+    def _fill_chunk_msg(self, runtime: PolicyRuntime, chunk: np.ndarray, stamp_ns: int) -> JointTrajectory:
+        """The chunk message for `runtime`'s model (the one this inference used, even after a swap).
+
+        Building a JointTrajectory with its points costs ~0.15 ms of Python on each inference, so it is
+        built once per model (names, time_from_start) and only the stamp and positions are written here.
+        Only the inference thread calls this, and publish() serialises before returning: reuse is safe.
+        """
+        if self._chunk_template is None or self._chunk_template[0] is not runtime:
+            meta = runtime.meta
+            msg = JointTrajectory(joint_names=list(meta.action_names))
+            for i in range(meta.horizon):
+                t = (i + 1) / meta.fps
+                msg.points.append(JointTrajectoryPoint(
+                    time_from_start=Duration(sec=int(t), nanosec=round((t - int(t)) * 1e9))))
+            self._chunk_template = (runtime, msg)
+        msg = self._chunk_template[1]
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        rows = np.ascontiguousarray(chunk, np.float64)
+        for point, action in zip(msg.points, rows, strict=True):
+            # array('d') passes the message's type check at once; a list is checked element by element.
+            point.positions = array.array("d", action.tobytes())
         return msg
 
     # --- control ---------------------------------------------------------------------------------------
+    def _set_control_priority(self) -> str:
+        """Run this (the control) thread under SCHED_FIFO when asked; returns the policy in effect."""
+        if self._control_priority <= 0:
+            return "other"
+        try:
+            # pid 0 = the calling thread: only the control thread becomes real-time, not the callbacks.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._control_priority))
+        except (OSError, AttributeError) as e:  # no permission (PermissionError), or not Linux
+            self.get_logger().warning(f"control_thread_priority {self._control_priority}: SCHED_FIFO refused "
+                                      f"({e}); the control thread runs with ordinary scheduling")
+            return "other"
+        return f"fifo:{self._control_priority}"
+
     def _control_loop(self) -> None:
         """Tick at control rate against absolute deadlines (no drift); a late tick is not made up twice."""
+        scheduling = self._set_control_priority()
+        with self._lock:
+            self._control_scheduling = scheduling
         deadline = time.monotonic()
         while not self._stop.is_set():
             deadline += self._period
             delay = deadline - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
+            if delay > SPIN_LEAD_S:
+                self._stop.wait(delay - SPIN_LEAD_S)
             elif delay < -self._period:
                 missed = int(-delay / self._period)
                 with self._lock:
@@ -578,6 +641,9 @@ class PolicyNode(Node):
                 deadline += missed * self._period  # resynchronise instead of bursting
             if self._stop.is_set():
                 break
+            # The last SPIN_LEAD_S: busy-wait holding the GIL, so no other thread runs in between.
+            while time.monotonic() < deadline:
+                pass
             try:
                 self._tick()
             except Exception as e:  # a bug in one tick must not end control; the log says what broke
@@ -616,20 +682,33 @@ class PolicyNode(Node):
             self.get_logger().info(f"safety state: {state}")
             self._last_state = state
 
-    def _command_msg(self, cmd: np.ndarray):
-        values = [float(x) for x in cmd]
-        if self._command_type == "float64_array":
-            return Float64MultiArray(data=values)
+    def _new_command_msg(self) -> Float64MultiArray | JointTrajectory | JointState:
+        """The command message, built once: a tick only writes the values and the stamp into it.
+
+        Action names cannot change on a running node (a model swap keeps them), so they are fixed here.
+        """
         names = list(self._runtime.meta.action_names)
+        if self._command_type == "float64_array":
+            return Float64MultiArray()
         if self._command_type == "joint_trajectory":
-            msg = JointTrajectory(joint_names=names)
-            msg.header.stamp = self.get_clock().now().to_msg()
             ns = int(self._period * 1e9)
-            msg.points.append(JointTrajectoryPoint(positions=values,
-                                                   time_from_start=Duration(sec=ns // 10**9, nanosec=ns % 10**9)))
+            return JointTrajectory(joint_names=names, points=[JointTrajectoryPoint(
+                time_from_start=Duration(sec=ns // 10**9, nanosec=ns % 10**9))])
+        return JointState(name=names)
+
+    def _command_msg(self, cmd: np.ndarray) -> Float64MultiArray | JointTrajectory | JointState:
+        # Only the tick (under _tick_lock) writes and publishes this message, and publish() serialises it
+        # before returning, so reusing it is safe. array('d') skips the per-element type check of a list.
+        values = array.array("d", np.ascontiguousarray(cmd, np.float64).tobytes())
+        msg = self._cmd_msg
+        if self._command_type == "float64_array":
+            msg.data = values
             return msg
-        msg = JointState(name=names, position=values)
         msg.header.stamp = self.get_clock().now().to_msg()
+        if self._command_type == "joint_trajectory":
+            msg.points[0].positions = values
+        else:
+            msg.position = values
         return msg
 
     # --- diagnostics -----------------------------------------------------------------------------------
@@ -638,6 +717,10 @@ class PolicyNode(Node):
         with self._lock:
             ticks = list(self._tick_times)
             lat = np.array(self._latencies) * 1e3 if self._latencies else None
+            o2c = np.array(self._obs_to_chunk) / 1e6 if self._obs_to_chunk else None
+            camera_ages = {f"camera_{c.name}_max_age_ms": self._camera_max_age.get(c.name, float("nan")) * 1e3
+                           for c in self._runtime.meta.cameras}
+            self._camera_max_age.clear()
             age = self._asm.age(now)
             stale = age is None or age > self._max_age
             if self._trigger == "observation":
@@ -648,7 +731,10 @@ class PolicyNode(Node):
                 if len(ticks) > 1 and now - ticks[-1] < 2 * self._period + 0.5 else 0.0,
                 "inference_latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else float("nan"),
                 "inference_latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else float("nan"),
+                "obs_to_chunk_p50_ms": float(np.percentile(o2c, 50)) if o2c is not None else float("nan"),
+                "obs_to_chunk_p99_ms": float(np.percentile(o2c, 99)) if o2c is not None else float("nan"),
                 "observation_age_s": age if age is not None else float("inf"),
+                **camera_ages,
                 "model_sha256": self._runtime.sha256,
                 "model_source": self._model_source,
                 "model_event": self._last_model_event,
@@ -660,6 +746,7 @@ class PolicyNode(Node):
                 "estop": self._safety.estopped,
                 "dry_run": self._dry_run,
                 "trigger": self._trigger,
+                "control_thread_scheduling": self._control_scheduling,
                 "ticks": self._ticks,
                 "missed_ticks": self._missed_ticks,
                 "commands_published": self._commands,
@@ -710,9 +797,10 @@ def _cannot_start(err: BaseException) -> tuple[str, int]:
 
 
 def main(args: list[str] | None = None) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # see the module docstring (tick timing)
     return run_node(PolicyNode, NODE_NAME, args=args,
                     config_errors=(ContractError, ValueError, InvalidParameterTypeException),
-                    describe_error=_cannot_start)
+                    describe_error=_cannot_start, executor=executor_from_env("events"))
 
 
 if __name__ == "__main__":

@@ -225,6 +225,10 @@ class ObservationAssembler:
             return None
         return now - min(s.received for s in slots)
 
+    def camera_ages(self, now: float) -> dict[str, float | None]:
+        """Age of each camera's newest frame in seconds (None while a camera has delivered none)."""
+        return {n: None if s is None else now - s.received for n, s in self._images.items()}
+
     def missing(self, now: float) -> list[str]:
         """Sources that are absent or stale, for a log line saying why there is no observation."""
         out = []

@@ -1,0 +1,87 @@
+"""The executor a dfp_ros node spins with (node_main.make_executor / executor_from_env): choice, fallback, delivery."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from ros_graph import domain_id
+from std_msgs.msg import String
+
+from dfp_ros.nodes.node_main import EXECUTOR_ENV, executor_from_env, make_executor
+
+
+@pytest.fixture
+def context():
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id(71))
+    yield ctx
+    ctx.try_shutdown()
+
+
+def delivers(executor, context: Context) -> bool:
+    """A message published in this process reaches a subscription spun by `executor`."""
+    node = rclpy.create_node("node_main_probe", context=context)
+    got: list[str] = []
+    try:
+        node.create_subscription(String, "node_main_probe", lambda m: got.append(m.data), 10)
+        pub = node.create_publisher(String, "node_main_probe", 10)
+        executor.add_node(node)
+        deadline = time.monotonic() + 10.0
+        while not got and time.monotonic() < deadline:
+            pub.publish(String(data="hello"))
+            executor.spin_once(timeout_sec=0.05)
+        executor.remove_node(node)
+    finally:
+        node.destroy_node()
+    return got[:1] == ["hello"]
+
+
+def test_events_executor_delivers(context):
+    executor, fallback = make_executor("events", context=context)
+    try:
+        assert fallback is None
+        assert not isinstance(executor, SingleThreadedExecutor)  # the C++ EventsExecutor
+        assert delivers(executor, context)
+    finally:
+        executor.shutdown()
+
+
+def test_single_threaded_executor_delivers(context):
+    executor, fallback = make_executor("single", context=context)
+    try:
+        assert fallback is None and isinstance(executor, SingleThreadedExecutor)
+        assert delivers(executor, context)
+    finally:
+        executor.shutdown()
+
+
+def test_falls_back_when_events_executor_is_missing(monkeypatch, context):
+    monkeypatch.setitem(sys.modules, "rclpy.experimental", None)  # import fails, as on older distributions
+    executor, fallback = make_executor("events", context=context)
+    try:
+        assert isinstance(executor, SingleThreadedExecutor)
+        assert fallback is not None and "EventsExecutor unavailable" in fallback
+        assert delivers(executor, context)
+    finally:
+        executor.shutdown()
+
+
+def test_unknown_executor_refused(monkeypatch):
+    monkeypatch.setenv(EXECUTOR_ENV, "multi")
+    with pytest.raises(ValueError, match=EXECUTOR_ENV):
+        make_executor(executor_from_env("events"))
+
+
+def test_environment_chooses_only_where_the_node_lets_it(monkeypatch):
+    monkeypatch.delenv(EXECUTOR_ENV, raising=False)
+    assert executor_from_env("events") == "events"
+    monkeypatch.setenv(EXECUTOR_ENV, " Single ")
+    assert executor_from_env("events") == "single"
