@@ -47,18 +47,26 @@ def write_multimodal_dataset(root: Path, episodes: int = 200, length: int = 10, 
     return root
 
 
-def write_image_dataset(root: Path, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0) -> Path:
-    """A tiny dataset with one video camera whose colour encodes the action."""
+def _camera_dataset(root: Path, repo_id: str, size: int, rewards: bool):
+    """An empty LeRobot dataset: a 3-number state, one video camera 'front', 2 actions (+ reward, done)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    rng = np.random.default_rng(seed)
     features = {
         "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
         "observation.images.front": {"dtype": "video", "shape": (size, size, 3),
                                      "names": ["height", "width", "channels"]},
         "action": {"dtype": "float32", "shape": (2,), "names": ["u", "v"]},
     }
-    ds = LeRobotDataset.create("test/images", fps=10, features=features, root=root, use_videos=True)
+    if rewards:
+        features["next.reward"] = {"dtype": "float32", "shape": (1,), "names": None}
+        features["next.done"] = {"dtype": "bool", "shape": (1,), "names": None}
+    return LeRobotDataset.create(repo_id, fps=10, features=features, root=root, use_videos=True)
+
+
+def write_image_dataset(root: Path, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """A tiny dataset with one video camera whose colour encodes the action."""
+    rng = np.random.default_rng(seed)
+    ds = _camera_dataset(root, "test/images", size, rewards=False)
     for _ in range(episodes):
         for _ in range(length):
             act = rng.uniform(-1, 1, 2).astype(np.float32)
@@ -67,6 +75,25 @@ def write_image_dataset(root: Path, episodes: int = 3, length: int = 8, size: in
             img[..., 1] = int((act[1] + 1) * 127)
             ds.add_frame({"observation.state": rng.normal(0, 1, 3).astype(np.float32),
                           "observation.images.front": img, "action": act, "task": "colour"})
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+def write_image_reward_dataset(root: Path, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """A camera dataset with rewards (what a camera policy's critic is pre-trained on): the red channel
+    of each frame encodes its frame index in the episode, the reward is 1 on the last frame.
+    (32 px: the video encoder fails on 16 px frames; ChunkDataset resizes them to the model's size.)"""
+    rng = np.random.default_rng(seed)
+    ds = _camera_dataset(root, "test/images_rewards", size, rewards=True)
+    for _ in range(episodes):
+        for t in range(length):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[..., 0] = 30 * t
+            ds.add_frame({"observation.state": np.array([t, 0, 0], np.float32),
+                          "observation.images.front": img, "action": rng.uniform(-1, 1, 2).astype(np.float32),
+                          "next.reward": np.array([float(t == length - 1)], np.float32),
+                          "next.done": np.array([t == length - 1]), "task": "look"})
         ds.save_episode()
     ds.finalize()
     return root

@@ -105,8 +105,8 @@ def test_learner_main_reports_a_fatal_error_instead_of_dying_silently(tmp_path):
 def test_a_camera_model_learns_from_episodes_with_images_seeded_by_a_camera_dataset_and_resumes(tmp_path):
     """ROS-free path of a camera policy: episodes carry uint8 frames, the replay (seeded from a LeRobot
     dataset with video + rewards) keeps them, updates train on them, exports validate on them, resume keeps them."""
+    from synthetic_datasets import write_image_reward_dataset
     from test_finetune_node import make_robot_checkpoint
-    from test_replay_buffer import write_image_reward_dataset
 
     size, n = 16, 12
     ckpt, _ = make_robot_checkpoint(tmp_path, ["a", "b", "c"], ["u", "v"], camera_size=size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic_datasets import write_image_reward_dataset
 
 from dfp_ros.learning.dataset import ChunkDataset
 from dfp_ros.learning.replay_buffer import ReplayBuffer
@@ -72,35 +73,6 @@ def test_save_and_load_the_online_part(tmp_path):
 
 # --- camera models ---------------------------------------------------------------------------------------
 SIZE = 16
-
-
-def write_image_reward_dataset(root, episodes: int = 3, length: int = 8, size: int = 32, seed: int = 0):
-    """A camera dataset with rewards (what a camera policy's critic is pre-trained on): the red channel
-    of each frame encodes its frame index in the episode, the reward is 1 on the last frame.
-    (32 px: the video encoder fails on 16 px frames; ChunkDataset resizes them to the model's size.)"""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    rng = np.random.default_rng(seed)
-    features = {
-        "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
-        "observation.images.front": {"dtype": "video", "shape": (size, size, 3),
-                                     "names": ["height", "width", "channels"]},
-        "action": {"dtype": "float32", "shape": (2,), "names": ["u", "v"]},
-        "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
-        "next.done": {"dtype": "bool", "shape": (1,), "names": None},
-    }
-    ds = LeRobotDataset.create("test/images_rewards", fps=10, features=features, root=root, use_videos=True)
-    for _ in range(episodes):
-        for t in range(length):
-            img = np.zeros((size, size, 3), np.uint8)
-            img[..., 0] = 30 * t
-            ds.add_frame({"observation.state": np.array([t, 0, 0], np.float32),
-                          "observation.images.front": img, "action": rng.uniform(-1, 1, 2).astype(np.float32),
-                          "next.reward": np.array([float(t == length - 1)], np.float32),
-                          "next.done": np.array([t == length - 1]), "task": "look"})
-        ds.save_episode()
-    ds.finalize()
-    return root
 
 
 def _cams(size: int = SIZE):
