@@ -21,6 +21,7 @@ EPILOG = """examples:
   dfp bench train                                                  # throughput, reference size
   dfp bench latency                                                # policy node in a real ROS graph
   dfp bench finetune                                               # weak BC policy -> RL through ROS
+  dfp bench ablation --seeds 0,1                                   # success vs env steps: BC, K=1,2,4,8
 """
 
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime execution provider)")
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
-    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune}")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune,ablation}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bt.add_argument("--device", default="auto")
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     from dfp_ros.finetune_bench import add_arguments as add_finetune_arguments
 
     add_finetune_arguments(bf)
+    ba = bsub.add_parser("ablation", help="success rate vs environment steps for BC only, DFP (K=4) and K in "
+                                          "{1,2,8} (+ lambda=0), in one process without ROS; CSV + PNG",
+                         description="Fine-tuning ablation in-process (no ROS graph): the same weak BC start, "
+                                     "learner, replay, transition join and best-of-N acting as `dfp bench "
+                                     "finetune`, evaluated every --eval-every env steps over seeded episodes. "
+                                     "One run per arm and seed; see dfp_ros/finetune_ablation.py for how it "
+                                     "differs from the ROS graph.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dfp_ros.finetune_ablation import add_arguments as add_ablation_arguments
+
+    add_ablation_arguments(ba)
     return p
 
 
@@ -188,6 +200,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from dfp_ros.finetune_bench import run_from_args as run_finetune
 
         return run_finetune(a)
+    if a.bench == "ablation":
+        from dfp_ros.finetune_ablation import run_from_args as run_ablation
+
+        return run_ablation(a)
     if a.bench == "latency":
         from dfp_ros.latency_bench import run_from_args
 

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +32,36 @@ from dfp_ros.live_demo import node_command, stop_process
 
 EVAL_SEED = 100_000
 TRAIN_SEED = 1_000
+DEFAULT_WORK_DIR = "outputs/bench_finetune"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--work-dir", default="outputs/bench_finetune", help="datasets, runs, models, logs")
+def add_weak_bc_arguments(p: argparse.ArgumentParser) -> None:
+    """The weak BC starting point and its evaluation (shared with `dfp bench ablation`)."""
     p.add_argument("--demos", type=int, default=20, help="oracle demonstrations for the weak BC policy")
     p.add_argument("--bc-steps", type=int, default=500, help="offline BC (+ critic) training steps")
     p.add_argument("--hidden", default="256,256,256", help="actor and critic MLP widths")
-    p.add_argument("--minutes", type=float, default=20.0, help="wall time of fine-tuning through the ROS graph")
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
     p.add_argument("--task-id", type=int, default=1)
+
+
+def add_learner_arguments(p: argparse.ArgumentParser) -> None:
+    """Online learner settings shared with `dfp bench ablation` (which sweeps --top-k / --lam itself)."""
     p.add_argument("--warmup-steps", type=int, default=2000)
     p.add_argument("--updates-per-step", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=128)
+    # 64, not the reference's 256: the learner then keeps up with the simulator on 2 CPU cores.
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-candidates", type=int, default=16)
+    p.add_argument("--export-every", type=int, default=500, help="learner updates between models swapped in")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="datasets, runs, models, logs")
+    add_weak_bc_arguments(p)
+    p.add_argument("--minutes", type=float, default=20.0, help="wall time of fine-tuning through the ROS graph")
+    add_learner_arguments(p)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--lam", type=float, default=0.5, help="weight of the top-K drift term (0: BC on the replay only)")
-    p.add_argument("--num-candidates", type=int, default=16)
-    p.add_argument("--export-every", type=int, default=500)
     p.add_argument("--no-pace", dest="pace", action="store_false",
                    help="let the lock-step simulator run ahead of the learner (default: hold the policy while "
                         "the learner is behind --updates-per-step)")
@@ -60,7 +73,8 @@ def _log(msg: str) -> None:
     print(f"[bench finetune] {msg}", flush=True)
 
 
-def _evaluate(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, Any]:
+def evaluate_model(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, Any]:
+    """Success over `episodes` seeded episodes, best-of-N through the runtime the robot uses."""
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
     from dfp_ros.sim.evaluate import evaluate
 
@@ -70,10 +84,48 @@ def _evaluate(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, 
     return {**res, "model_sha256": rt.sha256}
 
 
-def _cpu_s() -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def export_model(ckpt: Path, out: Path, num_candidates: int) -> Path:
+    """`dfp export` of a checkpoint with its critic (best-of-`num_candidates`), as the robot gets it."""
+    from dfp_ros.cli import main as dfp
+
+    if dfp(["export", str(ckpt), str(out), "--num-samples", str(num_candidates)]) != 0:
+        raise RuntimeError(f"dfp export of {ckpt} failed")
+    return out
+
+
+def prepare_weak_bc(work: Path, demos: int, bc_steps: int, hidden: str, task_id: int,
+                    log: Callable[[str], None] = _log) -> tuple[Path, Path]:
+    """A deliberately weak BC policy + critic: (dataset folder, checkpoint folder) under `work`.
+
+    `demos` oracle demonstrations (with rewards) -> `dfp train --critic` for `bc_steps` steps. What is
+    already in `work` is reused, so several benchmarks can start from the very same policy.
+    """
+    from dfp_ros.cli import main as dfp
+    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
+
+    data, run_dir = work / "dataset", work / "bc"
+    if not (data / "meta" / "info.json").is_file():
+        if data.exists():
+            shutil.rmtree(data)
+        s = collect_oracle_dataset(data, "dfp_ros/bench_finetune_demos", demos, task_id=task_id, seed=0,
+                                   progress=False)
+        log(f"{s.episodes} oracle demonstrations ({s.successes} successful, {s.frames} frames)")
+    ckpt = run_dir / "checkpoints" / "last"
+    if not (ckpt / "config.json").is_file():
+        log(f"weak BC policy + critic: {bc_steps} steps, hidden {hidden}")
+        rc = dfp(["train", "--root", str(data), "--output", str(run_dir), "--steps", str(bc_steps), "--critic",
+                  "--hidden", hidden, "--critic-hidden", hidden, "--batch-size", "256", "--no-progress",
+                  "--log-every", "250", "--checkpoint-every", str(bc_steps)])
+        if rc != 0:
+            raise RuntimeError("dfp train failed")
+    return data, ckpt
 
 
 def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -171,44 +223,23 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    from dfp_ros.cli import main as dfp
-    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
-
     work = Path(a.work_dir)
     if a.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    cpu0, t0 = _cpu_s(), time.monotonic()
-    data, run_dir = work / "dataset", work / "bc"
-    if not (data / "meta" / "info.json").is_file():
-        if data.exists():
-            shutil.rmtree(data)
-        s = collect_oracle_dataset(data, "dfp_ros/bench_finetune_demos", a.demos, task_id=a.task_id, seed=0,
-                                   progress=False)
-        _log(f"[1/5] {s.episodes} oracle demonstrations ({s.successes} successful, {s.frames} frames)")
-    ckpt = run_dir / "checkpoints" / "last"
-    if not (ckpt / "config.json").is_file():
-        _log(f"[2/5] weak BC policy + critic: {a.bc_steps} steps, hidden {a.hidden}")
-        rc = dfp(["train", "--root", str(data), "--output", str(run_dir), "--steps", str(a.bc_steps), "--critic",
-                  "--hidden", a.hidden, "--critic-hidden", a.hidden, "--batch-size", "256", "--no-progress",
-                  "--log-every", "250", "--checkpoint-every", str(a.bc_steps)])
-        if rc != 0:
-            raise RuntimeError("dfp train failed")
-    before = work / "before.onnx"
-    if dfp(["export", str(ckpt), str(before), "--num-samples", str(a.num_candidates)]) != 0:
-        raise RuntimeError("dfp export failed")
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    data, ckpt = prepare_weak_bc(work, a.demos, a.bc_steps, a.hidden, a.task_id, lambda m: _log(f"[1-2/5] {m}"))
+    before = export_model(ckpt, work / "before.onnx", a.num_candidates)
     _log(f"[3/5] evaluating the BC policy: {a.eval_episodes} episodes, seeds {a.eval_seed}..")
-    ev_before = _evaluate(before, a.eval_episodes, a.task_id, a.eval_seed)
+    ev_before = evaluate_model(before, a.eval_episodes, a.task_id, a.eval_seed)
     _log(f"      before: success {ev_before['success_rate']:.0%}")
     _log(f"[4/5] fine-tuning through the ROS graph for {a.minutes:g} min (sim lock-step seeds {TRAIN_SEED}..)")
     graph = _finetune_graph(work, ckpt, before, data, a)
     _log(f"      {graph['episodes']} episodes, {graph['env_steps']} env steps, {graph['updates']} updates, "
          f"{graph['models_accepted']} models swapped in")
-    after = work / "after.onnx"
-    if dfp(["export", graph["learner_checkpoint"], str(after), "--num-samples", str(a.num_candidates)]) != 0:
-        raise RuntimeError("dfp export of the fine-tuned checkpoint failed")
+    after = export_model(Path(graph["learner_checkpoint"]), work / "after.onnx", a.num_candidates)
     _log("[5/5] evaluating the fine-tuned policy on the same seeds")
-    ev_after = _evaluate(after, a.eval_episodes, a.task_id, a.eval_seed)
+    ev_after = evaluate_model(after, a.eval_episodes, a.task_id, a.eval_seed)
     return {
         "before_success": ev_before["success_rate"], "after_success": ev_after["success_rate"],
         "improvement_points": round(100 * (ev_after["success_rate"] - ev_before["success_rate"]), 1),
@@ -222,7 +253,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "control_rate_min_hz": graph["control_rate_min_hz"], "control_rate_median_hz": graph["control_rate_median_hz"],
         "updates_per_s": round(graph["updates"] / max(graph["wall_s"], 1e-9), 2),
         "env_steps_per_s": round(graph["env_steps"] / max(graph["wall_s"], 1e-9), 1),
-        "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(_cpu_s() - cpu0, 1),
+        "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(cpu_seconds() - cpu0, 1),
         "curve_png": graph["curve_png"], "before_sha256": ev_before["model_sha256"],
         "after_sha256": ev_after["model_sha256"], "cpus": os.cpu_count(),
     }
