@@ -1,7 +1,7 @@
 """Recording benchmark: two 640x480 cameras at 30 Hz + joint states at 200 Hz into `collect_node`.
 
     python -m dfp_ros.data.collect_bench [--duration 120] [--episode-s 20] [--out outputs/collect_bench]
-        [--vcodec libsvtav1|h264] [--no-streaming] [--dds shm_large|large_data|env]
+        [--vcodec h264|libsvtav1] [--no-streaming] [--dds shm_large|large_data|env]
 
 This process publishes the streams (a steady-clock loop: 7-joint JointState at 200 Hz, two rgb8 640x480
 images at 30 Hz, a 7-value Float64MultiArray command at 100 Hz) on a private DDS graph; `collect_node`
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=120.0, help="seconds recorded in total")
     ap.add_argument("--episode-s", type=float, default=20.0, help="seconds per episode")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one, removed)")
-    ap.add_argument("--vcodec", default="libsvtav1", help="video codec lerobot encodes with")
+    ap.add_argument("--vcodec", default="h264", help="video codec lerobot encodes with (collect_node's default)")
     ap.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
                     help="encode video while recording (lerobot streaming_encoding; collect_node's default); "
                          "--no-streaming: PNG files + encoding at save")

@@ -52,11 +52,13 @@ reliable cameras 10): only the newest message matters, and a recorder that fell 
 instead of working through a backlog older than max_age_s. Action mode keeps deep reliable queues:
 every command and state counts.
 
-Video: `use_videos`, `vcodec` (libsvtav1, lerobot's default; h264), `streaming_encoding` (default true:
-encode while recording, no PNG files, an episode is on disk well under a second after save). Measured on
-2 cores, 2 x 640x480 at 30 fps, CPU per frame: streaming 16 ms (h264) / 24 ms (libsvtav1); PNG files plus
-encoding at save 30-37 ms, which does not keep up there. An encoder that falls behind makes frames wait in
-the writer process, never dropped; should lerobot still drop one (its queue of `encoder_queue_maxsize` full),
+Video: `use_videos`, `vcodec` (default h264: a third less CPU than lerobot's default libsvtav1, which
+on 2 cores still lost a few frames of the recording bench; libsvtav1 gives smaller files),
+`streaming_encoding` (default true: encode while recording, no PNG files, an episode is on disk well
+under a second after save). Measured on 2 cores, 2 x 640x480 at 30 fps, CPU per frame: streaming
+16 ms (h264) / 24 ms (libsvtav1); PNG files plus encoding at save 30-37 ms, which does not keep up
+there. An encoder that falls behind makes frames wait in the writer process, never dropped; should
+lerobot still drop one (its queue of `encoder_queue_maxsize` full),
 the episode is discarded with an error, never saved shorter than its data.
 
 Writer process: lerobot's writer (LeRobotDataset.create / add_frame / save_episode / finalize) runs in a
@@ -176,7 +178,7 @@ class CollectNode(Node):
         append = d("append", False).value
         robot_type = d("robot_type", "").value
         use_videos = d("use_videos", True).value
-        vcodec = d("vcodec", "libsvtav1").value
+        vcodec = d("vcodec", "h264").value
         parallel_encoding = d("parallel_encoding", False).value
         streaming = d("streaming_encoding", True, ParameterDescriptor(
             description="encode videos while recording (no PNG files; save is near-instant)")).value
