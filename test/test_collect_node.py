@@ -214,6 +214,9 @@ def test_keyboard_in_a_terminal_starts_saves_and_stops(tmp_path):
         assert wait_log("keys: n/right", STARTUP_S), log_path.read_text()
         with RosGraph(dom) as g:
             feed = Feeder(g)
+            # Keys only once the node hears every stream: an episode without frames is not saved.
+            assert g.spin_until(lambda: min(p.get_subscription_count() for p in (feed.joints, feed.cmd, feed.cam)) >= 1,
+                                STARTUP_S), log_path.read_text()
             feed.run(0.3)
             os.write(master, b" ")
             assert wait_log("episode 0 recording", 5.0), log_path.read_text()
