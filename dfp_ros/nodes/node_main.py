@@ -85,7 +85,12 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
                 logger.warning(fallback)
             spinner.add_node(node)
             while rclpy.ok() and not getattr(node, "finished", False):
-                spinner.spin_once(timeout_sec=0.1)
+                try:
+                    spinner.spin_once(timeout_sec=0.1)
+                except Exception:
+                    if rclpy.ok():
+                        raise
+                    break  # a callback that was publishing when a signal shut the context down: a normal end
             signalled = not getattr(node, "finished", False)
     except (KeyboardInterrupt, ExternalShutdownException):
         signalled = True
