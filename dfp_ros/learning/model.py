@@ -72,9 +72,10 @@ def save_checkpoint(folder: Path, model: DFPModel, extra: dict[str, Any],
                     training_state: dict[str, Any] | None = None) -> None:
     """Write every file under a temporary name first, then rename them one after the other, so a
     process killed while saving leaves the previous checkpoint (or, within microseconds, a mix of
-    two consecutive ones), never a half-written file."""
+    two consecutive ones), never a half-written file. config.json (with the step) is renamed last, so
+    it never claims a newer step than the training state a resume reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    names = [WEIGHTS_FILE, CONFIG_FILE] + ([TRAINING_STATE_FILE] if training_state is not None else [])
+    names = [WEIGHTS_FILE] + ([TRAINING_STATE_FILE] if training_state is not None else []) + [CONFIG_FILE]
     tmp = {name: folder / (name + ".tmp") for name in names}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp[WEIGHTS_FILE]))
