@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     crit.add_argument("--critic", dest="critic", action="store_true", default=None,
                       help="include the critic (outputs q and best); default: when the checkpoint has one")
     crit.add_argument("--no-critic", dest="critic", action="store_false")
+    e.add_argument("--int8", action="store_true",
+                   help="store weights as int8 (ONNX Runtime dynamic quantisation): ~4x smaller, about half the "
+                        "CPU inference time; refused if actions move by more than 5%% of their range")
 
     c = sub.add_parser("check", help="validate an exported model (contract, one inference) and describe it")
     c.add_argument("model", help="ONNX file")
@@ -169,10 +172,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     model, _ = load_checkpoint(a.checkpoint)
     with_critic = a.critic if a.critic is not None else model.critic is not None
     n = a.num_samples or (16 if with_critic else 1)
-    res = export_onnx(model, a.output, num_samples=n, with_critic=with_critic)
+    res = export_onnx(model, a.output, num_samples=n, with_critic=with_critic,
+                      weights="int8" if a.int8 else "float32")
     meta = res["metadata"]
-    print(f"dfp export: wrote {res['path']} (N={n}, critic={with_critic}, hash {meta['content_hash'][:12]}); "
-          f"onnx.checker ok; ONNX Runtime vs torch max abs error {res['max_abs_error']:.2e}")
+    print(f"dfp export: wrote {res['path']} (N={n}, critic={with_critic}, weights {meta['weights']}, "
+          f"hash {meta['content_hash'][:12]}); onnx.checker ok; ONNX Runtime vs torch max abs error "
+          f"{res['max_abs_error']:.2e}")
+    if "int8" in res:
+        q = res["int8"]
+        pick = f", same best-of-{n} pick {q['same_best_pick']:.0%}" if "same_best_pick" in q else ""
+        print(f"dfp export: int8 weights: largest action change {q['max_action_error']:.3f} of the half-range{pick}")
     return 0
 
 
@@ -189,7 +198,8 @@ def cmd_check(a: argparse.Namespace) -> int:
     print(f"{a.model}: dfp_ros model format {m.format_version}, sha256 {rt.sha256[:12]}")
     print(f"  state {m.state_dim} from {[s.key for s in m.state]}; cameras "
           f"{[(c.name, c.height, c.width) for c in m.cameras]}")
-    print(f"  actions {m.action_names} x H={m.horizon} at {m.fps:g} Hz; N={m.num_samples}; critic {m.has_critic}")
+    print(f"  actions {m.action_names} x H={m.horizon} at {m.fps:g} Hz; N={m.num_samples}; critic {m.has_critic}; "
+          f"{m.weights} weights")
     print(f"  dataset {m.dataset!r}, git {m.git_revision or '?'}, created {m.created}")
     print(f"  providers {rt.providers}; test inference ok, chunk shape {res.chunk.shape}")
     return 0

@@ -63,6 +63,7 @@ class ModelMetadata:
     git_revision: str = ""
     created: str = ""
     content_hash: str = ""
+    weights: str = "float32"  # float32 | int8 (ONNX Runtime dynamic quantisation: `dfp export --int8`)
     format_version: int = MODEL_FORMAT_VERSION
 
     @property

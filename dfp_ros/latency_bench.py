@@ -92,7 +92,7 @@ class BenchModel:
     obs_rate_hz: float
 
 
-def build_models(out_dir: Path) -> tuple[Path, Path]:
+def build_models(out_dir: Path, weights: str = "float32") -> tuple[Path, Path]:
     """Export the two reference-size models with random weights; returns (state, image) ONNX paths."""
     import torch
 
@@ -111,12 +111,14 @@ def build_models(out_dir: Path) -> tuple[Path, Path]:
             action_low=[-1.0] * ACTIONS, action_high=[1.0] * ACTIONS, dataset="latency-bench (random weights)")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path, image_path = out_dir / "bench_state_bo16.onnx", out_dir / "bench_image96.onnx"
+    suffix = "" if weights == "float32" else f"_{weights}"
+    state_path = out_dir / f"bench_state_bo16{suffix}.onnx"
+    image_path = out_dir / f"bench_image96{suffix}.onnx"
     state = DFPModel(meta(STATE_JOINTS, [], True, 16), ModelConfig(horizon=HORIZON, use_critic=True))
-    export_onnx(state, state_path, num_samples=16, with_critic=True)
+    export_onnx(state, state_path, num_samples=16, with_critic=True, weights=weights)
     cam = CameraSpec(CAMERA_NAME, f"observation.images.{CAMERA_NAME}", IMAGE_SIZE, IMAGE_SIZE)
     image = DFPModel(meta(IMAGE_JOINTS, [cam], False, 1), ModelConfig(horizon=HORIZON, use_critic=False))
-    export_onnx(image, image_path, num_samples=1, with_critic=False)
+    export_onnx(image, image_path, num_samples=1, with_critic=False, weights=weights)
     return state_path, image_path
 
 
@@ -410,20 +412,26 @@ def machine_info() -> dict[str, Any]:
             "loadavg_1m_start": os.getloadavg()[0]}
 
 
+def _model_weights(path: Path) -> str:
+    from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+    return PolicyRuntime(path, device="cpu").meta.weights
+
+
 def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, control_rate_hz: float = 50.0,
                       state_rate_hz: float = 50.0, image_rate_hz: float = 30.0, domain: int | None = None,
                       state_model: str | Path | None = None, image_model: str | Path | None = None,
                       work_dir: str | Path | None = None, control_thread_priority: int = 0,
-                      progress: Callable[[str], None] | None = None) -> dict:
+                      weights: str = "float32", progress: Callable[[str], None] | None = None) -> dict:
     """Run all four measurements; returns the figures (the JSON `dfp bench latency` prints)."""
     say = progress or (lambda _msg: None)
     domain = 1 + os.getpid() % 100 if domain is None else domain
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="dfp_latency_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     if state_model is None or image_model is None:
-        say("building the two reference-size models with torch (random weights) ...")
+        say(f"building the two reference-size models with torch (random weights, {weights}) ...")
         t = time.monotonic()
-        built = build_models(work)
+        built = build_models(work, weights)
         state_model = state_model or built[0]
         image_model = image_model or built[1]
         say(f"  exported in {time.monotonic() - t:.1f} s")
@@ -450,7 +458,7 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
             dev = np.abs(np.asarray(jit.intervals_ms) - period_ms)
             node_dev = np.abs(np.asarray(jit.stamp_intervals_ms) - period_ms)
             result[m.name] = {
-                "model": str(m.path), "obs_rate_hz": m.obs_rate_hz,
+                "model": str(m.path), "weights": _model_weights(m.path), "obs_rate_hz": m.obs_rate_hz,
                 "latency_p50_ms": _pct(lat.latencies_ms, 50), "latency_p99_ms": _pct(lat.latencies_ms, 99),
                 "latency_max_ms": max(lat.latencies_ms), "chunks": len(lat.latencies_ms),
                 "chunks_with_repeated_stamp": lat.repeated_stamps,
@@ -480,7 +488,8 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
 
 
 def format_table(res: dict) -> str:
-    rows = [("observation -> chunk latency p50 (ms)", "latency_p50_ms"),
+    rows = [("model weights", "weights"),
+            ("observation -> chunk latency p50 (ms)", "latency_p50_ms"),
             ("observation -> chunk latency p99 (ms)", "latency_p99_ms"),
             ("  node's own inference p50 / p99 (ms)", None),
             ("  in the node, obs stamp -> chunk p50 (ms)", "obs_to_chunk_in_node_p50_ms"),
@@ -600,6 +609,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-model", default=None, help="an existing one-camera ONNX model (camera 'front', "
                                                        "7 joints) instead of building one with torch")
     p.add_argument("--work-dir", default=None, help="where models and process logs go; None: a new temp dir")
+    p.add_argument("--int8", action="store_true",
+                   help="build the models with int8 weights (`dfp export --int8`) instead of float32")
     p.add_argument("--control-thread-priority", type=int, default=0,
                    help="the node's control_thread_priority in the 50 Hz runs (SCHED_FIFO 1-99; 0 = ordinary)")
 
@@ -616,7 +627,7 @@ def run_from_args(a: argparse.Namespace) -> int:
                                 state_rate_hz=a.state_rate, image_rate_hz=a.image_rate, domain=a.domain,
                                 state_model=a.state_model, image_model=a.image_model, work_dir=a.work_dir,
                                 control_thread_priority=a.control_thread_priority,
-                                progress=lambda msg: print(msg, flush=True))
+                                weights="int8" if a.int8 else "float32", progress=lambda msg: print(msg, flush=True))
     except BenchError as e:
         print(f"dfp bench latency: error: {e}", file=sys.stderr)
         return 1

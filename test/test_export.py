@@ -138,3 +138,36 @@ def test_runtime_imports_no_torch():
     code = "import sys, dfp_ros.runtime.policy_runtime; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_int8_export_stores_int8_weights_stays_close_to_torch_and_says_so(tmp_path):
+    model = tiny_model(True)
+    export_onnx(model, tmp_path / "f.onnx", num_samples=8)
+    res = export_onnx(model, tmp_path / "q.onnx", num_samples=8, weights="int8")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    def float_weights(proto) -> int:
+        return sum(int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in q.graph.initializer)
+    assert float_weights(q) < float_weights(onnx.load(str(tmp_path / "f.onnx"))) / 2
+    rt = PolicyRuntime(tmp_path / "q.onnx")
+    assert rt.meta.weights == "int8" and res["metadata"]["weights"] == "int8"
+    assert rt.meta.content_hash != PolicyRuntime(tmp_path / "f.onnx").meta.content_hash
+    assert 0.0 < res["int8"]["max_action_error"] <= 0.05 and 0.0 <= res["int8"]["same_best_pick"] <= 1.0
+    feeds = example_inputs(model, 4, 8, seed=9)
+    ref = PolicyRuntime(tmp_path / "f.onnx").run(feeds[INPUT_STATE], {}, feeds[INPUT_NOISE])[0]
+    out = rt.run(feeds[INPUT_STATE], {}, feeds[INPUT_NOISE])[0]
+    half_range = (np.array([2.0, 1.0, 3.0]) - np.array([-2.0, 0.0, -1.0])) / 2
+    assert np.abs(out - ref).max(axis=(0, 1, 2)).max() > 0  # really quantised ...
+    assert (np.abs(out - ref) / half_range).max() <= 0.06  # ... and close on other inputs too
+
+
+def test_int8_export_is_refused_when_actions_move_too_far(tmp_path, monkeypatch):
+    import dfp_ros.learning.export as export
+
+    monkeypatch.setattr(export, "INT8_TOLERANCE", 1e-9)
+    with pytest.raises(export.ExportError, match="int8 model's actions differ"):
+        export_onnx(tiny_model(False), tmp_path / "q.onnx", num_samples=1, weights="int8")
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+    with pytest.raises(export.ExportError, match="weights must be one of"):
+        export_onnx(tiny_model(False), tmp_path / "q.onnx", weights="fp16")

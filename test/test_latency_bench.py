@@ -41,6 +41,7 @@ def test_bench_latency_reports_every_figure(tmp_path) -> None:
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (model, key, value)
         assert isinstance(figures["missed_ticks"], int) and figures["missed_ticks"] >= 0, figures["missed_ticks"]
         assert figures["chunks_with_repeated_stamp"] >= 0
+        assert figures["weights"] == "float32"
     assert isinstance(res["busy_runs"], list)
     assert len(res["goals"]) == 6
     for label, goal in res["goals"].items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -28,13 +29,18 @@ from dfp_ros.contracts import (
     OUTPUT_BEST,
     OUTPUT_Q,
     ContractError,
+    ModelMetadata,
     image_input_name,
 )
 from dfp_ros.learning.model import DFPModel
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
 PARITY_TOLERANCE = 1e-4
+# int8 weights move actions a little: refuse a quantised model whose actions differ from torch by more
+# than this fraction of each action's half-range (clamped policies act in [-1, 1] normalised units).
+INT8_TOLERANCE = 0.05
 OPSET = 17
+WEIGHTS = ("float32", "int8")
 
 
 class ExportError(ContractError):
@@ -81,9 +87,16 @@ def content_hash(proto: onnx.ModelProto) -> str:
 
 
 def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, with_critic: bool | None = None,
-                parity_batch: int = 4) -> dict:
-    """Write `path`; returns {"path", "metadata", "max_abs_error"}. Raises ExportError on failure."""
+                parity_batch: int = 4, weights: str = "float32") -> dict:
+    """Write `path`; returns {"path", "metadata", "max_abs_error"} (+ "int8": its parity figures).
+
+    `weights="int8"`: the float graph is checked first, then ONNX Runtime's dynamic quantisation stores
+    MatMul/Gemm weights as int8 (about 4x smaller, ~2x faster on a CPU whose cache the float weights do
+    not stay in); the quantised model must agree with torch within INT8_TOLERANCE. Raises ExportError.
+    """
     path = Path(path)
+    if weights not in WEIGHTS:
+        raise ExportError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if with_critic is None:
         with_critic = model.critic is not None
     if with_critic and model.critic is None:
@@ -107,23 +120,46 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
         torch.onnx.export(graph, tuple(torch.from_numpy(feeds[n]) for n in names), str(tmp),
                           input_names=names, output_names=outputs, dynamic_axes=dynamic,
                           opset_version=OPSET, dynamo=False)
+    meta = replace(model.meta, num_samples=num_samples, has_critic=with_critic,
+                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result: dict = {"path": str(path)}
     try:
-        proto = onnx.load(str(tmp))
-        meta = replace(model.meta, num_samples=num_samples, has_critic=with_critic,
-                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       content_hash=content_hash(proto))
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta.to_dict())
-        proto.producer_name = "dfp_ros"
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(tmp))
-        err = check_parity(model, graph, tmp, parity_batch, num_samples)
+        meta = _stamp(tmp, meta)
+        result["max_abs_error"] = check_parity(model, graph, tmp, parity_batch, num_samples)
+        if weights == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            float_tmp = tmp.with_name(tmp.name + ".float")
+            tmp.replace(float_tmp)
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # its advice to pre-process is for convolutional image models
+            try:
+                quantize_dynamic(str(float_tmp), str(tmp), weight_type=QuantType.QInt8)
+            finally:
+                root.setLevel(level)
+                float_tmp.unlink(missing_ok=True)
+            meta = _stamp(tmp, replace(meta, weights="int8"))
+            result["int8"] = check_int8_parity(model, graph, tmp, max(parity_batch, 16), num_samples)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
-    return {"path": str(path), "metadata": meta.to_dict(), "max_abs_error": err}
+    result["metadata"] = meta.to_dict()
+    return result
+
+
+def _stamp(onnx_path: Path, meta: ModelMetadata) -> ModelMetadata:
+    """Write `meta` (with this graph's content hash) into the file's metadata and check the model."""
+    proto = onnx.load(str(onnx_path))
+    meta = replace(meta, content_hash=content_hash(proto))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta.to_dict())
+    proto.producer_name = "dfp_ros"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(onnx_path))
+    return meta
 
 
 def check_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int) -> float:
@@ -139,3 +175,27 @@ def check_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: i
     if not err <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX Runtime differs from torch by {err:.3g} (tolerance {PARITY_TOLERANCE})")
     return err
+
+
+def check_int8_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int,
+                      num_samples: int) -> dict[str, float]:
+    """A quantised model against torch: action error in half-ranges and, with a critic, how often the
+    best-of-N pick is the same candidate. Raises ExportError past INT8_TOLERANCE."""
+    runtime = PolicyRuntime(onnx_path, device="cpu")
+    feeds = example_inputs(model, batch, num_samples, seed=3)
+    ort_out = runtime.run(feeds[INPUT_STATE], {c: feeds[image_input_name(c)] for c in runtime.camera_names},
+                          feeds[INPUT_NOISE])
+    with torch.no_grad():
+        torch_out = graph(*(torch.from_numpy(feeds[n]) for n in feeds))
+    torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
+    meta = model.meta
+    half_range = (np.asarray(meta.action_high, np.float32) - np.asarray(meta.action_low, np.float32)) / 2
+    err = float((np.abs(ort_out[0] - torch_out[0].numpy()) / np.maximum(half_range, 1e-6)).max())
+    figures = {"max_action_error": err}
+    if len(ort_out) > 1:
+        same = ort_out[1].argmax(1) == torch_out[1].numpy().argmax(1)
+        figures["same_best_pick"] = float(same.mean())
+    if not err <= INT8_TOLERANCE:
+        raise ExportError(f"the int8 model's actions differ from torch by {err:.3f} of the action half-range "
+                          f"(tolerance {INT8_TOLERANCE}): export float32 weights for this model")
+    return figures

@@ -45,7 +45,10 @@ from dfp_ros.data.state_oracle import StateOracle
 from dfp_ros.nodes.node_main import run_node
 
 NODE_NAME = "oracle_teleop_node"
-_STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Volatile: a controller answers each state once, so a late joiner must not be handed the simulator's
+# lock-step history (it would step the simulation once per old state); a lock-step simulator republishes
+# its current state while nobody answers, which is how a late joiner gets it.
+_STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 _COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 _EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 

@@ -545,7 +545,9 @@ class PolicyNode(Node):
                         self._tick()
                 else:
                     with self._lock:
-                        plan, self._plan_due = self._plan_due, False
+                        # A request that came while a plan was running is served by that plan.
+                        plan = self._plan_due and self._plan_needed()
+                        self._plan_due = False
                     if plan:
                         self._plan(lockstep=False)
             except Exception as e:  # keep the node alive; the log says what broke

@@ -47,8 +47,11 @@ Topics published (contracts.py names):
                          then "reset" (followed by the next "start")
   /clock                 rosgraph_msgs/Clock (lockstep only)
 /joint_states, /sim/state and the camera image of one observation carry the same stamp. The two
-observation topics are reliable and transient-local (depth 1): a node that joins late gets the current
-observation at once, which a lockstep policy needs to make the first move.
+observation topics are reliable and transient-local. Realtime: depth 1, so a node that joins late gets
+the current observation at once. Lockstep: depth 100, so a passive reader (the learner, a recorder) loses
+no step when the controller answers within a millisecond; a late transient-local reader then gets up to
+100 past observations, so controllers (which answer every state) subscribe volatile and get the current
+one from the republish while nobody answers (`lockstep_republish_s`).
 
 Bad commands (wrong length, NaN/inf, unknown or missing names, not one trajectory point) are dropped
 and counted with a throttled warning; they never step the simulation. On shutdown, or when
@@ -87,6 +90,10 @@ COMMAND_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTr
 
 # Latest value matters and late joiners need it now: reliable + transient local, depth 1.
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Lock-step observations: latched too, but a reliable writer with depth 1 overwrites a step a passive
+# reader (the learner, a recorder) has not taken yet when the controller answers within a millisecond.
+_LOCKSTEP_STATES = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # Every message matters (counted by evaluators); deep enough for fast lock-step bursts.
 _EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 # ros2_control's controllers subscribe commands reliably; lock-step must not lose one.
@@ -159,8 +166,9 @@ class SimRobotNode(Node):
         self._last_obs: tuple[np.ndarray, Time] | None = None  # for re-publishing without a step
 
         # Publishers.
-        self.pub_joints = self.create_publisher(JointState, contracts.TOPIC_JOINT_STATES, _LATCHED)
-        self.pub_state = self.create_publisher(Float32MultiArray, contracts.TOPIC_SIM_STATE, _LATCHED)
+        states_qos = _LOCKSTEP_STATES if self.mode == "lockstep" else _LATCHED
+        self.pub_joints = self.create_publisher(JointState, contracts.TOPIC_JOINT_STATES, states_qos)
+        self.pub_state = self.create_publisher(Float32MultiArray, contracts.TOPIC_SIM_STATE, states_qos)
         self.pub_state_names = self.create_publisher(String, TOPIC_STATE_NAMES, _LATCHED)
         self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, _EVENTS)
         self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, _EVENTS)
