@@ -437,13 +437,16 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
         say(f"  exported in {time.monotonic() - t:.1f} s")
     models = [BenchModel("state", Path(state_model), STATE_JOINTS, False, state_rate_hz),
               BenchModel("image", Path(image_model), IMAGE_JOINTS, True, image_rate_hz)]
-    from dfp_ros.nodes.node_main import executor_from_env  # rclpy: imported only where the bench runs
+    from dfp_ros.nodes.node_main import executor_from_env, freeze_heap  # rclpy: only where the bench runs
 
     result: dict[str, Any] = {"machine": machine_info(), "duration_s": duration_s, "warmup_s": warmup_s,
                               "control_rate_hz": control_rate_hz, "ros_domain_id": domain, "logs": str(work),
                               "executor": executor_from_env("events"),
                               "control_thread_priority": control_thread_priority}
     probe = Probe(domain)
+    # The receiver must not add pauses of its own: with torch imported (the models were just built) a
+    # full garbage collection here takes ~90 ms and delays every chunk waiting behind it.
+    freeze_heap()
     try:
         for m in models:
             say(f"{m.name} model: observation -> chunk latency ({m.obs_rate_hz:g} Hz observations, "
