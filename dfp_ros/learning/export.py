@@ -164,16 +164,23 @@ def _stamp(onnx_path: Path, meta: ModelMetadata) -> ModelMetadata:
     return meta
 
 
-def check_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int) -> float:
-    """Max abs difference torch vs ONNX Runtime over all outputs; raises ExportError past tolerance."""
+def _both_outputs(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int,
+                  seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The outputs of the ONNX file (through the robot's runtime loader) and of torch, on the same inputs."""
     runtime = PolicyRuntime(onnx_path, device="cpu")
-    feeds = example_inputs(model, batch, num_samples, seed=2)
+    feeds = example_inputs(model, batch, num_samples, seed=seed)
     ort_out = runtime.run(feeds[INPUT_STATE], {c: feeds[image_input_name(c)] for c in runtime.camera_names},
                           feeds[INPUT_NOISE])
     with torch.no_grad():
         torch_out = graph(*(torch.from_numpy(feeds[n]) for n in feeds))
     torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
-    err = max(float(np.abs(o - t.numpy()).max()) for o, t in zip(ort_out, torch_out, strict=True))
+    return list(ort_out), [t.numpy() for t in torch_out]
+
+
+def check_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int) -> float:
+    """Max abs difference torch vs ONNX Runtime over all outputs; raises ExportError past tolerance."""
+    ort_out, torch_out = _both_outputs(model, graph, onnx_path, batch, num_samples, seed=2)
+    err = max(float(np.abs(o - t).max()) for o, t in zip(ort_out, torch_out, strict=True))
     if not err <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX Runtime differs from torch by {err:.3g} (tolerance {PARITY_TOLERANCE})")
     return err
@@ -183,19 +190,13 @@ def check_int8_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, bat
                       num_samples: int) -> dict[str, float]:
     """A quantised model against torch: action error in half-ranges and, with a critic, how often the
     best-of-N pick is the same candidate. Raises ExportError past INT8_TOLERANCE."""
-    runtime = PolicyRuntime(onnx_path, device="cpu")
-    feeds = example_inputs(model, batch, num_samples, seed=3)
-    ort_out = runtime.run(feeds[INPUT_STATE], {c: feeds[image_input_name(c)] for c in runtime.camera_names},
-                          feeds[INPUT_NOISE])
-    with torch.no_grad():
-        torch_out = graph(*(torch.from_numpy(feeds[n]) for n in feeds))
-    torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
+    ort_out, torch_out = _both_outputs(model, graph, onnx_path, batch, num_samples, seed=3)
     meta = model.meta
     half_range = (np.asarray(meta.action_high, np.float32) - np.asarray(meta.action_low, np.float32)) / 2
-    err = float((np.abs(ort_out[0] - torch_out[0].numpy()) / np.maximum(half_range, 1e-6)).max())
+    err = float((np.abs(ort_out[0] - torch_out[0]) / np.maximum(half_range, 1e-6)).max())
     figures = {"max_action_error": err}
     if len(ort_out) > 1:
-        same = ort_out[1].argmax(1) == torch_out[1].numpy().argmax(1)
+        same = ort_out[1].argmax(1) == torch_out[1].argmax(1)
         figures["same_best_pick"] = float(same.mean())
     if not err <= INT8_TOLERANCE:
         raise ExportError(f"the int8 model's actions differ from torch by {err:.3f} of the action half-range "
