@@ -130,13 +130,12 @@ def prepare_weak_bc(work: Path, demos: int, bc_steps: int, hidden: str, task_id:
 
 def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argparse.Namespace) -> dict[str, Any]:
     """sim + policy + learner as separate processes for `a.minutes`; returns what the graph did."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
     from dfp_ros.live_demo import demo_env
+    from dfp_ros.nodes.node_main import close_monitor, open_monitor
 
     env = demo_env(a.domain)
     logs = work / "logs"
@@ -148,11 +147,7 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
                "checkpoint_every": a.export_every, "torch_threads": 1, "pace_robot": a.pace}
     sim = {"mode": "lockstep", "seed": TRAIN_SEED, "task_id": a.task_id}
     policy = {"model_path": str(model), "enabled": True, "trigger": "observation", "seed": TRAIN_SEED}
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("bench_finetune_monitor", context=context)
-    ex = SingleThreadedExecutor(context=context)
-    ex.add_node(node)
+    node, ex = open_monitor("bench_finetune_monitor", int(env["ROS_DOMAIN_ID"]))
     events: list[str] = []
     diag: dict[str, dict[str, str]] = {}
     rates: list[float] = []
@@ -206,9 +201,7 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
         codes = {n: stop_process(p, timeout=60.0) for n, p in reversed(list(procs.items()))}
         for f in files.values():
             f.close()
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        close_monitor(node, ex)
     done = [e for e in events if e in ("success", "timeout", "failure")]
     f = diag.get("finetune_node", {})
     running = [r for r in rates if r > 0]

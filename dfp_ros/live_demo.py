@@ -59,12 +59,12 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
              timeout_s: float = 600.0, domain: int | None = None, log_dir: Path | None = None,
              progress: bool = True) -> dict:
     """Run the two nodes until `episodes` episodes ended; returns the figures (see the module doc)."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
     from tqdm import tqdm
+
+    from dfp_ros.nodes.node_main import close_monitor, open_monitor
 
     env = demo_env(domain)
     log_dir = Path(log_dir or "outputs/live_demo")
@@ -75,11 +75,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
     policy_params = {"model_path": model, "enabled": True, "seed": seed,
                      "trigger": "observation" if lockstep else "timer"}
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("live_demo_monitor", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    node, executor = open_monitor("live_demo_monitor", int(env["ROS_DOMAIN_ID"]))
     events: list[str] = []
     diag: dict[str, str] = {}
 
@@ -136,9 +132,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
         codes = {name: stop_process(p) for name, p in procs.items()}
         for f in logs.values():
             f.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        close_monitor(node, executor)
     wall = time.monotonic() - t0
     done = [e for e in events if e in ("success", "failure", "timeout")][:episodes]
 

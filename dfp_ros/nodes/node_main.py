@@ -49,6 +49,24 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def open_monitor(name: str, domain_id: int) -> tuple[Node, Executor]:
+    """A node of this process's own (its own context, a single-threaded executor), for tools that watch a
+    graph they started: the live demo and the benchmarks. Close it with close_monitor()."""
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    return node, executor
+
+
+def close_monitor(node: Node, executor: Executor) -> None:
+    context = node.context
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
 def executor_from_env(default: str) -> str:
     """The executor kind `DFP_ROS_EXECUTOR` asks for, else `default` (for nodes that let users choose)."""
     return os.environ.get(EXECUTOR_ENV, "").strip().lower() or default
