@@ -6,11 +6,11 @@ threads; the work is done by the ROS-free runtime (`PolicyRuntime`, `Observation
 diagnostics key `torch_imported`).
 
 Data flow: observation topics -> ObservationAssembler (newest message per source, validated; bad
-messages dropped and counted) -> inference thread (PolicyRuntime.act, seeded numpy eps) ->
+messages dropped and counted) -> inference (PolicyRuntime.act, seeded numpy eps) ->
 `~/action_chunk` + ChunkQueue -> control tick (one action per tick) -> SafetyFilter -> `~/command`.
 
-Threads: control ticks run on their own thread (a deadline loop at `control_rate_hz`), inference on
-another (ONNX Runtime releases the GIL), and the ROS callbacks (observations, e-stop, enable,
+Threads (timer trigger): control ticks run on their own thread (a deadline loop at `control_rate_hz`),
+inference on another (ONNX Runtime releases the GIL), and the ROS callbacks (observations, e-stop, enable,
 parameters, model updates, diagnostics) on one executor thread (node_main: EventsExecutor, or
 SingleThreadedExecutor). So neither a slow inference nor loading a new model (in the parameter
 callback) can delay a tick. Why not a timer in its own callback group on a MultiThreadedExecutor:
@@ -32,10 +32,10 @@ Triggers (`trigger`):
   queue is empty. Actions whose tick passed during inference are skipped (by the observation's age).
 - "observation": every accepted message of the first state source triggers one tick (re-planning
   first, from that observation, when due) — lock-step evaluation with `sim_robot_node`, which
-  steps once per command and publishes the next observation at once. The tick runs on the inference
-  thread, not in the callback: planning inside the callback saved ~0.25 ms, but then a camera frame
-  that arrived together with the joint state was taken in only after the tick (measured with the
-  single-threaded executor: every chunk one camera frame old).
+  steps once per command and publishes the next observation at once. The tick runs in that
+  callback (handing it to another thread cost ~0.25 ms of a ~2 ms path); a robot publishes the
+  step's frame (and other states) before the pacing state, and the subscriptions are made so that
+  the executor takes those first when they are ready together.
 
 Model updates (validated off the control path, swapped between ticks; the old model keeps running
 when the new one is refused):
@@ -271,7 +271,6 @@ class PolicyNode(Node):
         self._ticks = self._commands = self._chunks = self._missed_ticks = 0
         self._ticks_since_plan = 10**9  # plan at the first chance
         self._plan_due = False
-        self._tick_due = False
         self._last_state = ""
         self._last_watchdog = ""
         self._last_model_event = "started"
@@ -292,7 +291,16 @@ class PolicyNode(Node):
         self._chunk_template: tuple[PolicyRuntime, JointTrajectory] | None = None  # see _fill_chunk_msg
         self._diag_pub = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
 
-        for i, src in enumerate(sources):
+        # Cameras first and the first state source (which paces lock-step ticks) last: when several
+        # messages are ready at once the single-threaded executor takes them in this order, so a tick
+        # finds the frame and the other states that came with its joint state.
+        for cam, (topic, compressed) in cam_cfg.items():
+            # Sensor-data QoS (best effort, shallow): a late frame is worth less than the next one.
+            self.create_subscription(CompressedImage if compressed else Image, topic,
+                                     self._make_image_cb(cam, compressed), qos_profile_sensor_data,
+                                     callback_group=self._obs_group)
+            self.get_logger().info(f"camera {cam} <- {topic}{' (compressed)' if compressed else ''}")
+        for i, src in reversed(list(enumerate(sources))):
             if src.type == "float32_array":
                 cb = self._make_array_cb(i)
                 self.create_subscription(Float32MultiArray, src.topic, cb, 10, callback_group=self._obs_group)
@@ -300,12 +308,6 @@ class PolicyNode(Node):
                 cb = self._make_joint_cb(i)
                 self.create_subscription(JointState, src.topic, cb, 10, callback_group=self._obs_group)
             self.get_logger().info(f"state source {src.topic} ({src.type}) -> {src.key}")
-        for cam, (topic, compressed) in cam_cfg.items():
-            # Sensor-data QoS (best effort, shallow): a late frame is worth less than the next one.
-            self.create_subscription(CompressedImage if compressed else Image, topic,
-                                     self._make_image_cb(cam, compressed), qos_profile_sensor_data,
-                                     callback_group=self._obs_group)
-            self.get_logger().info(f"camera {cam} <- {topic}{' (compressed)' if compressed else ''}")
 
         self.create_subscription(Bool, contracts.TOPIC_ESTOP, self._on_estop, 10, callback_group=self._ops_group)
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._ops_group)
@@ -319,10 +321,10 @@ class PolicyNode(Node):
 
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="policy_inference", daemon=True)
-        self._worker.start()
-        self._control = None
+        self._worker = self._control = None
         if self._trigger == "timer":
+            self._worker = threading.Thread(target=self._work, name="policy_inference", daemon=True)
+            self._worker.start()
             self._control = threading.Thread(target=self._control_loop, name="policy_control", daemon=True)
             self._control.start()
         self._diag_timer = self.create_timer(diag_period, self._publish_diagnostics, callback_group=self._diag_group)
@@ -433,13 +435,13 @@ class PolicyNode(Node):
         self.get_logger().warning(f"dropped a message from {where} ({e.kind}): {e}", throttle_duration_sec=1.0)
 
     def _accepted(self, source_index: int | None) -> None:
-        """After a good message: wake the inference thread when a tick or a plan is due."""
+        """After a good message: tick (observation trigger), or wake the inference thread when a plan is due."""
+        if self._trigger == "observation":
+            if source_index == 0:  # the first state source paces lock-step ticks
+                self._step_on_observation()
+            return
         with self._lock:
-            if self._trigger == "observation":
-                if source_index == 0:  # the first state source paces lock-step ticks
-                    self._tick_due = True
-                    self._wake.set()
-            elif self._queue.remaining() == 0:
+            if self._queue.remaining() == 0:
                 # Nothing queued (start-up, or after a stale stretch): plan now, not at the next re-plan tick.
                 self._plan_due = True
                 self._wake.set()
@@ -533,27 +535,29 @@ class PolicyNode(Node):
         response.message = message
         return response
 
-    # --- inference thread ------------------------------------------------------------------------------
+    # --- inference ------------------------------------------------------------------------------------
+    def _step_on_observation(self) -> None:
+        try:
+            with self._lock:
+                plan = self._plan_needed()
+            if plan:
+                self._plan(lockstep=True)
+            self._tick()
+        except Exception as e:  # keep the node alive; the log says what broke
+            self.get_logger().error(f"lock-step tick: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
+
     def _work(self) -> None:
+        """Timer trigger: plan off the control thread, whenever a tick or an observation asks for it."""
         while not self._stop.is_set():
             self._wake.wait(0.05)
             self._wake.clear()
             try:
-                if self._trigger == "observation":
-                    with self._lock:
-                        tick, self._tick_due = self._tick_due, False
-                        plan = tick and self._plan_needed()
-                    if plan:
-                        self._plan(lockstep=True)
-                    if tick:
-                        self._tick()
-                else:
-                    with self._lock:
-                        # A request that came while a plan was running is served by that plan.
-                        plan = self._plan_due and self._plan_needed()
-                        self._plan_due = False
-                    if plan:
-                        self._plan(lockstep=False)
+                with self._lock:
+                    # A request that came while a plan was running is served by that plan.
+                    plan = self._plan_due and self._plan_needed()
+                    self._plan_due = False
+                if plan:
+                    self._plan(lockstep=False)
             except Exception as e:  # keep the node alive; the log says what broke
                 self.get_logger().error(f"inference thread: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
 
@@ -597,7 +601,8 @@ class PolicyNode(Node):
 
         Building a JointTrajectory with its points costs ~0.15 ms of Python on each inference, so it is
         built once per model (names, time_from_start) and only the stamp and positions are written here.
-        Only the inference thread calls this, and publish() serialises before returning: reuse is safe.
+        Only one thread plans (the inference thread, or the callback in lock-step), and publish()
+        serialises before returning: reuse is safe.
         """
         if self._chunk_template is None or self._chunk_template[0] is not runtime:
             meta = runtime.meta
@@ -780,9 +785,10 @@ class PolicyNode(Node):
 
     def destroy_node(self) -> None:
         # Also called on a node whose __init__ failed half-way (rclpy shuts its nodes down).
-        if hasattr(self, "_worker"):
+        if hasattr(self, "_stop"):
             self._stop.set()
             self._wake.set()
+        if getattr(self, "_worker", None) is not None:
             self._worker.join(timeout=2.0)
         if getattr(self, "_control", None) is not None:
             self._control.join(timeout=2.0)
