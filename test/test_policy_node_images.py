@@ -121,3 +121,32 @@ def test_bad_configuration_refuses_to_start_with_one_clear_line(image_model, tmp
         assert proc.wait(timeout=60) == 1
         log = proc.log()
         assert "cannot start" in log and message in log and "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("executor", ["events", "single"])
+def test_lockstep_tick_uses_the_frame_published_just_before_its_joint_state(image_model, tmp_path, executor):
+    """A lock-step robot publishes a step's frame, then at once its joint state (one stamp): the tick the
+    joint state triggers must see that frame, with either executor, so each chunk carries that stamp."""
+    dom = domain_id(offset=73 if executor == "events" else 75)
+    env = {**ros_env(dom), "DFP_ROS_EXECUTOR": executor}
+    params = {"model_path": str(image_model), "enabled": True, "trigger": "observation", "replan_every": 1,
+              "state_topics": ["/arm/joint_states"], "state_types": ["joint_state"],
+              "camera.front.topic": "/cam/image_raw", "max_obs_age_s": 5.0}
+    with running_node("dfp_ros.nodes.policy_node", params, env, log_dir=tmp_path) as proc, RosGraph(dom) as graph:
+        joints = graph.publisher("/arm/joint_states", JointState)
+        cam = graph.publisher("/cam/image_raw", Image)
+        chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
+        assert graph.wait_matched(joints) and graph.wait_matched(cam), proc.log()
+        assert graph.spin_until(lambda: chunks.subscription.get_publisher_count() >= 1, 30.0), proc.log()
+        graph.spin_for(0.5)
+        image, joint_msg = _image("rgb8"), _joints()
+        stamps = []
+        for step in range(20):
+            stamp = graph.node.get_clock().now().to_msg()
+            image.header.stamp = joint_msg.header.stamp = stamp
+            cam.publish(image)
+            joints.publish(joint_msg)
+            stamps.append(stamp.sec * 10**9 + stamp.nanosec)
+            assert chunks.wait_for(step + 1, timeout=5.0), f"no chunk for step {step}:\n{proc.log()}"
+        got = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in chunks.messages]
+        assert got == stamps, "a tick used an older frame than the one published with its joint state"
