@@ -11,6 +11,7 @@ from typing import Any
 
 # --- ONNX model (DESIGN.md §3.1) -------------------------------------------------------------
 MODEL_FORMAT_VERSION = 1
+MODEL_WEIGHTS = ("float32", "int8")  # ModelMetadata.weights: how the exported graph stores its weights
 METADATA_KEY = "dfp_ros"  # metadata_props key holding the JSON below
 
 INPUT_STATE = "state"

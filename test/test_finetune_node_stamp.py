@@ -258,6 +258,8 @@ def test_steps_from_fps_joins_a_policy_on_a_timer_over_a_100_hz_joint_state_stre
     ({"join": "stamp", "state_topics": ["joint_states", "extra"], "state_types": ["joint_state"]},
      "must be non-empty lists of equal lengths"),
     ({"join": "causal", "steps_from": "fps"}, "steps_from: fps places chunks by their header stamps"),
+    ({"join": "stamp", "state_topics": ["joint_states"], "state_types": ["joint_state"],
+      "export_weights": "fp16"}, "export_weights='fp16'; expected one of ('float32', 'int8')"),
 ])
 def test_a_camera_model_with_a_configuration_the_join_cannot_serve_is_refused_at_start(tmp_path, params, message):
     ckpt, _ = make_robot_checkpoint(tmp_path, STATE_NAMES, ACTIONS, camera_size=16, horizon=H)

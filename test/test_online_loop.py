@@ -67,6 +67,22 @@ def test_loop_learns_exports_validated_models_and_resumes(tmp_path):
     assert any(k == "resumed" for k, _ in _drain(outbox))
 
 
+def test_the_loop_exports_int8_models_when_asked(tmp_path):
+    from dataclasses import replace
+
+    from test_finetune_node import make_sim_checkpoint
+
+    from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+    ckpt, _ = make_sim_checkpoint(tmp_path, hidden=(32,))
+    outbox: queue.Queue = queue.Queue()
+    cfg = replace(_cfg(ckpt, tmp_path / "out"), export_weights="int8")
+    loop = learner_loop._Loop(cfg, queue.Queue(), outbox, parent_pid=-1)
+    loop._episode(_episode(4))
+    path = loop.export()
+    assert path is not None and PolicyRuntime(path, device="cpu").meta.weights == "int8"
+
+
 def test_a_model_that_fails_validation_is_never_sent(tmp_path, monkeypatch):
     from test_finetune_node import make_sim_checkpoint
 

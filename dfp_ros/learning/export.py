@@ -25,6 +25,7 @@ from dfp_ros.contracts import (
     INPUT_NOISE,
     INPUT_STATE,
     METADATA_KEY,
+    MODEL_WEIGHTS,
     OUTPUT_ACTIONS,
     OUTPUT_BEST,
     OUTPUT_Q,
@@ -40,7 +41,6 @@ PARITY_TOLERANCE = 1e-4
 # than this fraction of each action's half-range (clamped policies act in [-1, 1] normalised units).
 INT8_TOLERANCE = 0.05
 OPSET = 17
-WEIGHTS = ("float32", "int8")
 
 
 class ExportError(ContractError):
@@ -95,8 +95,8 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
     not stay in); the quantised model must agree with torch within INT8_TOLERANCE. Raises ExportError.
     """
     path = Path(path)
-    if weights not in WEIGHTS:
-        raise ExportError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights not in MODEL_WEIGHTS:
+        raise ExportError(f"weights must be one of {MODEL_WEIGHTS}, got {weights!r}")
     if with_critic is None:
         with_critic = model.critic is not None
     if with_critic and model.critic is None:

@@ -52,6 +52,7 @@ class LoopConfig:
     export_every: int = 1000
     export_every_s: float = 0.0
     export_num_samples: int = 16
+    export_weights: str = "float32"  # or "int8": smaller, ~2x faster models for a policy node on a CPU
     checkpoint_every: int = 1000
     replay_capacity: int = 1_000_000
     replay_image_memory_gb: float = 8.0  # camera models: refuse a replay whose images would exceed this
@@ -251,7 +252,8 @@ class _Loop:
         t0 = time.perf_counter()
         try:
             model = copy.deepcopy(self.learner.model).to("cpu")
-            export_onnx(model, path, num_samples=self.cfg.export_num_samples, with_critic=True)
+            export_onnx(model, path, num_samples=self.cfg.export_num_samples, with_critic=True,
+                        weights=self.cfg.export_weights)
             self._validate(PolicyRuntime(path, device="cpu"))
         except Exception as e:  # a model that fails a check is never handed to the policy
             path.unlink(missing_ok=True)

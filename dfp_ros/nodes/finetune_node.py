@@ -210,6 +210,7 @@ class FinetuneNode(Node):
             dataset_repo_id=p["dataset_repo_id"], warmup_steps=p["warmup_steps"],
             updates_per_step=p["updates_per_step"], export_every=p["export_every"],
             export_every_s=p["export_every_s"], export_num_samples=p["export_num_samples"],
+            export_weights=p["export_weights"],
             checkpoint_every=p["checkpoint_every"], replay_capacity=p["replay_capacity"],
             online_fraction=p["online_fraction"], replay_image_memory_gb=p["replay_image_memory_gb"],
             device=p["device"], torch_threads=p["torch_threads"], seed=p["seed"], online=online)
@@ -243,7 +244,8 @@ class FinetuneNode(Node):
             ("num_candidates", 16), ("top_k", 4), ("lam", 0.5), ("ema_tau", 1e-4), ("gamma", 0.99), ("tau", 0.005),
             ("lr", 3e-4), ("critic_samples", 16), ("temperatures", [0.02, 0.05, 0.2, 0.5, 1.0]),
             ("replay_capacity", 1_000_000), ("replay_image_memory_gb", 8.0), ("online_fraction", -1.0),
-            ("export_every", 1000), ("export_every_s", 0.0), ("export_num_samples", 16), ("checkpoint_every", 1000),
+            ("export_every", 1000), ("export_every_s", 0.0), ("export_num_samples", 16), ("export_weights", "float32"),
+            ("checkpoint_every", 1000),
             ("share_filesystem", True), ("policy_node_name", "policy_node"),
             ("reward_silence_s", 5.0), ("episode_silence_s", 60.0), ("pace_robot", False), ("max_update_lag", 200),
             ("device", "cpu"), ("torch_threads", 1), ("seed", 0),
@@ -262,6 +264,8 @@ class FinetuneNode(Node):
         values["temperatures"] = [float(t) for t in values["temperatures"]]
         if values["reward_mode"] not in REWARD_MODES:
             raise ValueError(f"reward_mode={values['reward_mode']!r}; expected one of {REWARD_MODES}")
+        if values["export_weights"] not in contracts.MODEL_WEIGHTS:
+            raise ValueError(f"export_weights={values['export_weights']!r}; expected one of {contracts.MODEL_WEIGHTS}")
         if values["join"] not in JOIN_MODES:
             raise ValueError(f"join={values['join']!r}; expected one of {JOIN_MODES}")
         if values["steps_from"] not in STEPS_FROM:
