@@ -412,6 +412,17 @@ def machine_info() -> dict[str, Any]:
             "loadavg_1m_start": os.getloadavg()[0]}
 
 
+def _build_models_in_child(work: Path, weights: str) -> tuple[Path, Path]:
+    """build_models in a child process: the bench's receiver then carries neither torch's threads nor its
+    ~180k Python objects while it measures."""
+    cmd = [sys.executable, "-m", "dfp_ros.latency_bench", "--build-models", str(work)]
+    proc = subprocess.run(cmd + (["--int8"] if weights == "int8" else []), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"building the models failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    state, image = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Path(state), Path(image)
+
+
 def _model_weights(path: Path) -> str:
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
@@ -431,7 +442,7 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
     if state_model is None or image_model is None:
         say(f"building the two reference-size models with torch (random weights, {weights}) ...")
         t = time.monotonic()
-        built = build_models(work, weights)
+        built = _build_models_in_child(work, weights)
         state_model = state_model or built[0]
         image_model = image_model or built[1]
         say(f"  exported in {time.monotonic() - t:.1f} s")
@@ -649,10 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera", action="store_true", help="(--publish) also publish a 96x96 rgb8 image")
     p.add_argument("--parent", type=int, default=None, help="(--publish) exit when this parent process is gone")
     p.add_argument("--max-seconds", type=float, default=600.0, help="(--publish) stop after this long anyway")
+    p.add_argument("--build-models", metavar="DIR", default=None,
+                   help="only export the two bench models into DIR (with --int8: int8 weights); prints their paths")
     add_arguments(p)
     a = p.parse_args(argv)
     if a.publish:
         return publish(a.rate, a.joints, a.camera, a.parent, a.max_seconds)
+    if a.build_models:
+        print(json.dumps([str(path) for path in build_models(Path(a.build_models), "int8" if a.int8 else "float32")]))
+        return 0
     try:
         return run_from_args(a)
     except KeyboardInterrupt:
