@@ -250,6 +250,13 @@ def declared_parameters(graph: RosGraph, node_name: str, timeout: float = 40.0) 
 
     client = graph.node.create_client(ListParameters, f"/{node_name}/list_parameters")
     assert client.wait_for_service(timeout_sec=timeout), f"{node_name} did not come up"
-    future = client.call_async(ListParameters.Request())
-    graph.spin_until(future.done, timeout=10.0)
-    return set(future.result().result.names)
+    # A request sent while the server's reply writer has not yet matched our reader gets an answer
+    # that never arrives (DDS discovery is per endpoint): ask again until one does.
+    deadline = time.monotonic() + timeout
+    while True:
+        future = client.call_async(ListParameters.Request())
+        if graph.spin_until(future.done, timeout=5.0):
+            return set(future.result().result.names)
+        client.remove_pending_request(future)
+        assert time.monotonic() < deadline, f"{node_name} never answered list_parameters"
+
