@@ -226,8 +226,7 @@ def test_steps_from_fps_joins_a_policy_on_a_timer_over_a_100_hz_joint_state_stre
                 stop(p, timeout=30)
 
     log = procs["finetune"].log()
-    rows = [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in re.finditer(
-        r"success after (\d+) steps, return [-\d.]+; chunks (\d+), joined (\d+)", log)]
+    rows = [(steps, chunks, joined) for steps, chunks, joined, _ in _episode_lines(log)]
     assert len(rows) >= 5, log[-3000:]
     steps_per_ep = episode_s * FPS
     for steps, chunks, _ in rows[1:]:  # the first may have started before every reader matched
