@@ -17,6 +17,13 @@ Per model, two runs of `duration_s` each, after dropping the first `warmup_s` of
    node's own missed_ticks from /diagnostics.
 In both, CPU use of the node process (utime+stime over the measured window, % of one core) and its
 peak RSS (VmHWM). Goals from issue 3 are printed as met / not met; the last line is one JSON object.
+Two diagnoses come with the figures:
+- before the ROS runs, each model's inference alone in the bench process, back to back and once per
+  observation period: on the machines measured so far the second is 2-4x the first (the weights are
+  out of the caches again by the next observation), which is what the node pays at 50 Hz;
+- in the latency runs the bench also receives the publisher's JointStates directly, and counts stalls
+  (runs of chunks > STALL_MS late) and how many of them held up that direct stream too (then it was
+  the receiving process, not the node); the p99 outside stalls is reported next to the full p99.
 The node's own diagnostics add the part of the latency spent inside it (observation stamp -> chunk
 handed to the publisher). The bench's receiver spins the policy node's executor (EventsExecutor
 unless DFP_ROS_EXECUTOR=single), so the receiving side adds as little as the
@@ -76,6 +83,13 @@ GOALS = (
 # the whole machine was busier than this had other work competing for the cores (other tests, builds),
 # and its timing figures describe that machine, not the node.
 BUSY_MACHINE_PCT = 35.0
+
+
+# A chunk this late was held up, not slowed down: consecutive such chunks form one stall.
+STALL_MS = 50.0
+# A direct observation (publisher -> bench) arriving this close to a stall's release shows whether the
+# whole receiving process was held up, or only the chunks (the node, or its hop).
+STALL_MATCH_S = 0.005
 
 
 class BenchError(RuntimeError):
@@ -215,6 +229,7 @@ class Probe:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
         from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
 
         from dfp_ros.nodes.node_main import executor_from_env, make_executor
@@ -235,6 +250,9 @@ class Probe:
         self.executor.add_node(self.node)
         self.chunks: list[tuple[float, float, int]] = []  # (arrival monotonic s, latency ms, stamp ns)
         self.commands: list[tuple[float, int]] = []  # (arrival monotonic s, header stamp ns set by the node)
+        # The publisher's JointStates straight from it, (arrival monotonic s, latency ms): a stall seen on
+        # both streams at once is the receiving process's, not the node's.
+        self.observations: list[tuple[float, float]] = []
         self.diagnostics: dict[str, str] = {}
         # Outputs stamped before this (wall clock, ns) are ignored: a node being stopped keeps publishing
         # for a moment, and those messages wait in our queues until the next run spins.
@@ -242,6 +260,13 @@ class Probe:
         self.chunk_sub = self.node.create_subscription(JointTrajectory, CHUNK_TOPIC, self._on_chunk, 1000)
         self.node.create_subscription(JointTrajectory, COMMAND_TOPIC, self._on_command, 1000)
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diag, 100)
+        self.node.create_subscription(JointState, STATE_TOPIC, self._on_observation, 1000)
+
+    def _on_observation(self, msg: Any) -> None:
+        now_ns = time.time_ns()
+        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        if stamp >= self.since_ns:
+            self.observations.append((time.monotonic(), (now_ns - stamp) / 1e6))
 
     def _on_chunk(self, msg: Any) -> None:
         # Wall clock first: it is compared with the publisher's wall-clock stamp.
@@ -263,6 +288,7 @@ class Probe:
     def reset(self) -> None:
         self.chunks.clear()
         self.commands.clear()
+        self.observations.clear()
         self.diagnostics = {}
 
     def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -295,6 +321,27 @@ class RunResult:
     peak_rss_mb: float = float("nan")
     diagnostics: dict[str, str] = field(default_factory=dict)
     repeated_stamps: int = 0
+    stalls: int = 0  # runs of consecutive chunks > STALL_MS late
+    receiver_wide_stalls: int = 0  # of them, also seen on the publisher's direct observations
+    latencies_outside_stalls_ms: list[float] = field(default_factory=list)
+
+
+def find_stalls(chunks: Sequence[tuple[float, float]], observations: Sequence[tuple[float, float]]
+                ) -> tuple[list[list[int]], int]:
+    """Group chunks (arrival s, latency ms) more than STALL_MS late into stalls (runs of consecutive ones);
+    returns (the chunk indices of each stall, how many stalls the direct observations (arrival s, latency ms)
+    show too: a late observation arriving within STALL_MATCH_S of a stall's first late chunk)."""
+    stalls: list[list[int]] = []
+    for i, (_, lat) in enumerate(chunks):
+        if lat <= STALL_MS:
+            continue
+        if stalls and stalls[-1][-1] == i - 1:
+            stalls[-1].append(i)
+        else:
+            stalls.append([i])
+    late_obs = [t for t, lat in observations if lat > STALL_MS]
+    shared = sum(any(abs(t - chunks[s[0]][0]) <= STALL_MATCH_S for t in late_obs) for s in stalls)
+    return stalls, shared
 
 
 def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmup_s: float,
@@ -362,13 +409,20 @@ def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmu
                 raise fail(f"the policy node exited with {node.returncode} during the measurement")
     # The raw samples, for a look at what made a p99 (one stall or steady noise).
     if mode == "latency":
-        raw = {"arrival_s_latency_ms_stamp_ns": [[round(t - t0, 5), round(lat, 4), st] for t, lat, st in probe.chunks]}
+        raw = {"arrival_s_latency_ms_stamp_ns": [[round(t - t0, 5), round(lat, 4), st] for t, lat, st in probe.chunks],
+               "observations_arrival_s_latency_ms": [[round(t - t0, 5), round(lat, 4)]
+                                                     for t, lat in probe.observations]}
     else:
         raw = {"arrival_s_stamp_ns": [[round(t - t0, 5), st] for t, st in probe.commands]}
     (log_dir / f"samples-{tag}.json").write_text(json.dumps({"window_s": [0.0, round(t1 - t0, 4)], **raw}))
     if mode == "latency":
         window = [(lat, stamp) for t, lat, stamp in probe.chunks if t0 <= t <= t1]
         res.latencies_ms = [lat for lat, _ in window]
+        timed = [(t, lat) for t, lat, _ in probe.chunks if t0 <= t <= t1]
+        stalls, res.receiver_wide_stalls = find_stalls(timed, [o for o in probe.observations if t0 <= o[0] <= t1])
+        res.stalls = len(stalls)
+        stalled = {i for s in stalls for i in s}
+        res.latencies_outside_stalls_ms = [lat for i, (_, lat) in enumerate(timed) if i not in stalled]
         # A chunk carrying the previous chunk's stamp did not come from a new observation: for the image
         # model, the JointState triggered the tick before this cycle's image was taken in; for any model,
         # two messages reached the node before its inference thread ran (a busy machine), so it planned
@@ -410,6 +464,34 @@ def machine_info() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
             # Other work on the same cores shows up as jitter and missed ticks: say how busy the machine was.
             "loadavg_1m_start": os.getloadavg()[0]}
+
+
+def inference_at_rate(model: Path, rate_hz: float, runs: int = 100, device: str = "cpu") -> dict[str, float]:
+    """The model's inference (ONNX Runtime, as the node runs it; the bench uses the CPU) back to back and once per
+    observation period: the difference is what the caches lose between observations (the weights of the
+    best-of-16 state model are ~10 MB float32, ~2.5 MB int8, beyond a core's L2), which no code path in the
+    node changes."""
+    from dfp_ros.runtime.policy_runtime import PolicyRuntime
+
+    runtime = PolicyRuntime(model, device=device)
+    rng = np.random.default_rng(0)
+    state = np.zeros(runtime.meta.state_dim, np.float32)
+    images = {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in runtime.meta.cameras}
+
+    def timed(pause_s: float) -> list[float]:
+        out = []
+        for _ in range(runs):
+            if pause_s:
+                time.sleep(pause_s)
+            t = time.perf_counter()
+            runtime.act(state, images, rng)
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+
+    timed(0.0)  # warm-up: first runs allocate
+    hot, at_rate = timed(0.0), timed(1.0 / rate_hz)
+    return {"inference_back_to_back_p50_ms": _pct(hot, 50), "inference_at_rate_p50_ms": _pct(at_rate, 50),
+            "inference_at_rate_p99_ms": _pct(at_rate, 99)}
 
 
 def _build_models_in_child(work: Path, weights: str) -> tuple[Path, Path]:
@@ -454,6 +536,8 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
                               "control_rate_hz": control_rate_hz, "ros_domain_id": domain, "logs": str(work),
                               "executor": executor_from_env("events"),
                               "control_thread_priority": control_thread_priority}
+    say("inference alone in this process, back to back and once per observation period ...")
+    alone = {m.name: inference_at_rate(m.path, m.obs_rate_hz) for m in models}
     probe = Probe(domain)
     # The receiver must not add pauses of its own: with torch imported (the models were just built) a
     # full garbage collection here takes ~90 ms and delays every chunk waiting behind it.
@@ -475,9 +559,12 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
                 "model": str(m.path), "weights": _model_weights(m.path), "obs_rate_hz": m.obs_rate_hz,
                 "latency_p50_ms": _pct(lat.latencies_ms, 50), "latency_p99_ms": _pct(lat.latencies_ms, 99),
                 "latency_max_ms": max(lat.latencies_ms), "chunks": len(lat.latencies_ms),
+                "stalls": lat.stalls, "stalls_receiver_wide": lat.receiver_wide_stalls,
+                "latency_p99_outside_stalls_ms": _pct(lat.latencies_outside_stalls_ms, 99),
                 "chunks_with_repeated_stamp": lat.repeated_stamps,
                 "inference_p50_ms": _diag_float(lat.diagnostics, "inference_latency_p50_ms"),
                 "inference_p99_ms": _diag_float(lat.diagnostics, "inference_latency_p99_ms"),
+                **alone[m.name],
                 "jitter_p50_ms": _pct(dev, 50), "jitter_p99_ms": _pct(dev, 99), "jitter_max_ms": float(dev.max()),
                 "node_tick_jitter_p50_ms": _pct(node_dev, 50), "node_tick_jitter_p99_ms": _pct(node_dev, 99),
                 "commands": len(jit.intervals_ms) + 1,
@@ -506,10 +593,15 @@ def format_table(res: dict) -> str:
             ("observation -> chunk latency p50 (ms)", "latency_p50_ms"),
             ("observation -> chunk latency p99 (ms)", "latency_p99_ms"),
             ("  node's own inference p50 / p99 (ms)", None),
+            ("  same model alone: back to back p50 (ms)", "inference_back_to_back_p50_ms"),
+            ("  same model alone: once per observation p50 (ms)", "inference_at_rate_p50_ms"),
             ("  in the node, obs stamp -> chunk p50 (ms)", "obs_to_chunk_in_node_p50_ms"),
             ("  in the node, obs stamp -> chunk p99 (ms)", "obs_to_chunk_in_node_p99_ms"),
             ("chunks measured", "chunks"),
             ("  repeating the previous chunk's stamp", "chunks_with_repeated_stamp"),
+            (f"stalls (chunks > {STALL_MS:g} ms late, in a row)", "stalls"),
+            ("  of them also on the direct observations", "stalls_receiver_wide"),
+            ("  latency p99 of the chunks outside stalls (ms)", "latency_p99_outside_stalls_ms"),
             (f"command interval |dt - {1e3 / res['control_rate_hz']:g} ms| p99 (ms)", "jitter_p99_ms"),
             ("  same, from the node's command stamps (ms)", "node_tick_jitter_p99_ms"),
             ("command rate seen (Hz)", "command_rate_hz"),

@@ -20,7 +20,8 @@ from ros_graph import domain_id
 
 POSITIVE = ("latency_p50_ms", "latency_p99_ms", "latency_max_ms", "inference_p50_ms", "inference_p99_ms",
             "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "node_tick_jitter_p50_ms", "node_tick_jitter_p99_ms",
-            "obs_to_chunk_in_node_p50_ms", "obs_to_chunk_in_node_p99_ms",
+            "obs_to_chunk_in_node_p50_ms", "obs_to_chunk_in_node_p99_ms", "latency_p99_outside_stalls_ms",
+            "inference_back_to_back_p50_ms", "inference_at_rate_p50_ms", "inference_at_rate_p99_ms",
             "command_rate_hz", "cpu_pct_latency_run", "cpu_pct_jitter_run", "peak_rss_mb",
             "machine_busy_pct_latency_run", "machine_busy_pct_jitter_run", "chunks", "commands")
 
@@ -41,9 +42,22 @@ def test_bench_latency_reports_every_figure(tmp_path) -> None:
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (model, key, value)
         assert isinstance(figures["missed_ticks"], int) and figures["missed_ticks"] >= 0, figures["missed_ticks"]
         assert figures["chunks_with_repeated_stamp"] >= 0
+        assert 0 <= figures["stalls_receiver_wide"] <= figures["stalls"] <= figures["chunks"]
         assert figures["weights"] == "float32"
     assert isinstance(res["busy_runs"], list)
     assert len(res["goals"]) == 6
     for label, goal in res["goals"].items():
         assert isinstance(goal["met"], bool), label
         assert math.isfinite(goal["value"]) and goal["value"] > 0, label
+
+
+def test_find_stalls_groups_late_chunks_and_tells_receiver_wide_ones() -> None:
+    from dfp_ros.latency_bench import find_stalls
+
+    # (arrival s, latency ms): two stalls of late chunks; only the first also held up the direct observations.
+    chunks = [(0.00, 2.0), (0.30, 280.0), (0.30, 250.0), (0.30, 220.0), (0.32, 2.1), (0.90, 120.0), (0.95, 2.0)]
+    observations = [(0.00, 0.5), (0.301, 260.0), (0.30, 230.0), (0.90, 0.6), (0.95, 0.5)]
+    stalls, receiver_wide = find_stalls(chunks, observations)
+    assert stalls == [[1, 2, 3], [5]]
+    assert receiver_wide == 1
+    assert find_stalls([(0.0, 2.0), (0.1, 3.0)], observations) == ([], 0)
