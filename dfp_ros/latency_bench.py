@@ -19,8 +19,8 @@ In both, CPU use of the node process (utime+stime over the measured window, % of
 peak RSS (VmHWM). Goals from issue 3 are printed as met / not met; the last line is one JSON object.
 Two diagnoses come with the figures:
 - before the ROS runs, each model's inference alone in the bench process, back to back and once per
-  observation period: on the machines measured so far the second is 2-4x the first (the weights are
-  out of the caches again by the next observation), which is what the node pays at 50 Hz;
+  observation period: on the machines measured so far the second is 2-4x the first (its working set
+  has gone cold by the next observation), which is what the node pays at 50 Hz;
 - in the latency runs the bench also receives the publisher's JointStates directly, and counts stalls
   (runs of chunks > STALL_MS late) and how many of them held up that direct stream too (then it was
   the receiving process, not the node); the p99 outside stalls is reported next to the full p99.
@@ -467,10 +467,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def inference_at_rate(model: Path, rate_hz: float, runs: int = 100, device: str = "cpu") -> dict[str, float]:
-    """The model's inference (ONNX Runtime, as the node runs it; the bench uses the CPU) back to back and once per
-    observation period: the difference is what the caches lose between observations (the weights of the
-    best-of-16 state model are ~10 MB float32, ~2.5 MB int8, beyond a core's L2), which no code path in the
-    node changes."""
+    """The model's inference (ONNX Runtime, as the node runs it; the bench uses the CPU) back to back and once
+    per observation period: the difference is what going cold between observations costs (measured: not
+    the core waking up, nor only the weight bytes; README, Performance), which no code path in the node
+    changes."""
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
     runtime = PolicyRuntime(model, device=device)
