@@ -61,3 +61,6 @@ def test_find_stalls_groups_late_chunks_and_tells_receiver_wide_ones() -> None:
     assert stalls == [[1, 2, 3], [5]]
     assert receiver_wide == 1
     assert find_stalls([(0.0, 2.0), (0.1, 3.0)], observations) == ([], 0)
+    # Released ~10 ms apart still counts; a late observation far from the stall does not.
+    assert find_stalls(chunks, [(0.311, 240.0)])[1] == 1
+    assert find_stalls(chunks, [(0.60, 240.0)])[1] == 0
