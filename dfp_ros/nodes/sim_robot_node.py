@@ -48,10 +48,11 @@ Topics published (contracts.py names):
   /clock                 rosgraph_msgs/Clock (lockstep only)
 /joint_states, /sim/state and the camera image of one observation carry the same stamp. The two
 observation topics are reliable and transient-local. Realtime: depth 1, so a node that joins late gets
-the current observation at once. Lockstep: depth 100, so a passive reader (the learner, a recorder) loses
-no step when the controller answers within a millisecond; a late transient-local reader then gets up to
-100 past observations, so controllers (which answer every state) subscribe volatile and get the current
-one from the republish while nobody answers (`lockstep_republish_s`).
+the current observation at once. Lockstep: depth 1000, so a passive reader (the learner, a recorder) loses
+no step when the controller answers within a millisecond, even through a ~300 ms pause in its DDS
+delivery; a late transient-local reader then gets up to 1000 past observations (its own depth permitting),
+so controllers (which answer every state) subscribe volatile and get the current one from the republish
+while nobody answers (`lockstep_republish_s`).
 
 Bad commands (wrong length, NaN/inf, unknown or missing names, not one trajectory point) are dropped
 and counted with a throttled warning; they never step the simulation. On shutdown, or when
@@ -90,12 +91,16 @@ COMMAND_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTr
 
 # Latest value matters and late joiners need it now: reliable + transient local, depth 1.
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Lock-step observations: latched too, but a reliable writer with depth 1 overwrites a step a passive
-# reader (the learner, a recorder) has not taken yet when the controller answers within a millisecond.
-_LOCKSTEP_STATES = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+# Lock-step observations: latched too, but a reliable KEEP_LAST writer drops a step a passive reader (the
+# learner, a recorder) has not acknowledged once `depth` newer ones exist, and the controller keeps the
+# simulation stepping at ~600 steps/s. DDS delivery to one process was measured to pause for ~300 ms now
+# and then (README, Performance): 1000 steps (~1.6 s) ride that out; 100 did not.
+LOCKSTEP_DEPTH = 1000
+_LOCKSTEP_STATES = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Every message matters (counted by evaluators); deep enough for fast lock-step bursts.
-_EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# Every message matters (counted by evaluators, joined by the learner): one reward per lock-step step.
+_EVENTS = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.VOLATILE)
 # ros2_control's controllers subscribe commands reliably; lock-step must not lose one.
 _COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
