@@ -417,18 +417,18 @@ def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmu
         raw = {"arrival_s_stamp_ns": [[round(t - t0, 5), st] for t, st in probe.commands]}
     (log_dir / f"samples-{tag}.json").write_text(json.dumps({"window_s": [0.0, round(t1 - t0, 4)], **raw}))
     if mode == "latency":
-        window = [(lat, stamp) for t, lat, stamp in probe.chunks if t0 <= t <= t1]
-        res.latencies_ms = [lat for lat, _ in window]
-        timed = [(t, lat) for t, lat, _ in probe.chunks if t0 <= t <= t1]
-        stalls, res.receiver_wide_stalls = find_stalls(timed, [o for o in probe.observations if t0 <= o[0] <= t1])
+        window = [(t, lat, stamp) for t, lat, stamp in probe.chunks if t0 <= t <= t1]
+        res.latencies_ms = [lat for _, lat, _ in window]
+        stalls, res.receiver_wide_stalls = find_stalls([(t, lat) for t, lat, _ in window],
+                                                       [o for o in probe.observations if t0 <= o[0] <= t1])
         res.stalls = len(stalls)
         stalled = {i for s in stalls for i in s}
-        res.latencies_outside_stalls_ms = [lat for i, (_, lat) in enumerate(timed) if i not in stalled]
+        res.latencies_outside_stalls_ms = [lat for i, lat in enumerate(res.latencies_ms) if i not in stalled]
         # A chunk carrying the previous chunk's stamp did not come from a new observation: for the image
         # model, the JointState triggered the tick before this cycle's image was taken in; for any model,
         # two messages reached the node before its inference thread ran (a busy machine), so it planned
         # twice from the newer one.
-        res.repeated_stamps = sum(a[1] == b[1] for a, b in itertools.pairwise(window))
+        res.repeated_stamps = sum(a[2] == b[2] for a, b in itertools.pairwise(window))
         if not res.latencies_ms:
             raise fail("no chunk arrived in the measured window")
     else:
