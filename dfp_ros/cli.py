@@ -202,6 +202,10 @@ def cmd_check(a: argparse.Namespace) -> int:
           f"{m.weights} weights")
     print(f"  dataset {m.dataset!r}, git {m.git_revision or '?'}, created {m.created}")
     print(f"  providers {rt.providers}; test inference ok, chunk shape {res.chunk.shape}")
+    acc = rt.acceptance
+    print(f"  acceptance test: passed on {acc.provider}, actions within {acc.max_action_error:.2g} of the "
+          f"exporter's reference (tolerance {acc.tolerance:g} of the half-range)" if acc else
+          "  acceptance test: none stored (exported by an older dfp_ros)")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = ("float32", "int8")  # ModelMetadata.weights: how the exported graph stores its weights
 METADATA_KEY = "dfp_ros"  # metadata_props key holding the JSON below
+ACCEPTANCE_KEY = "dfp_ros.acceptance"  # fixed inputs + reference actions (dfp_ros.runtime.acceptance)
 
 INPUT_STATE = "state"
 INPUT_NOISE = "noise"

@@ -24,3 +24,35 @@ def image_dataset(tmp_path_factory) -> Path:
     from synthetic_datasets import write_image_dataset
 
     return write_image_dataset(tmp_path_factory.mktemp("img") / "ds")
+
+
+# The suite runs with ordinary scheduling even when whatever started it is real-time: the nodes it
+# starts inherit this process's policy (see dfp_ros.scheduling).
+_DROPPED_REALTIME = None
+try:
+    from dfp_ros.scheduling import drop_inherited_realtime
+
+    _DROPPED_REALTIME = drop_inherited_realtime()
+except ImportError:
+    pass
+
+
+def pytest_report_header(config) -> str | None:
+    if _DROPPED_REALTIME:
+        return f"dfp_ros: pytest inherited real-time scheduling ({_DROPPED_REALTIME}); dropped to ordinary"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def stays_ordinary_scheduling():
+    """A test that leaves this process real-time would hand that to every node started after it (video
+    encoders do this to the thread that opens them when running as root: see dfp_ros.scheduling)."""
+    yield
+    try:
+        from dfp_ros.scheduling import describe_scheduling, drop_inherited_realtime
+    except ImportError:
+        return
+    now = describe_scheduling()
+    if now != "other":
+        drop_inherited_realtime({})
+        pytest.fail(f"this test left the test process under real-time scheduling ({now})")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dfp_ros.scheduling import no_realtime_leak
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Three far-apart modes of a 2-D action, demonstrated for the same state with these shares.
@@ -75,8 +77,10 @@ def write_image_dataset(root: Path, episodes: int = 3, length: int = 8, size: in
             img[..., 1] = int((act[1] + 1) * 127)
             ds.add_frame({"observation.state": rng.normal(0, 1, 3).astype(np.float32),
                           "observation.images.front": img, "action": act, "task": "colour"})
-        ds.save_episode()
-    ds.finalize()
+        with no_realtime_leak():  # a video encoder makes its thread real-time as root
+            ds.save_episode()
+    with no_realtime_leak():
+        ds.finalize()
     return root
 
 
@@ -94,6 +98,8 @@ def write_image_reward_dataset(root: Path, episodes: int = 3, length: int = 8, s
                           "observation.images.front": img, "action": rng.uniform(-1, 1, 2).astype(np.float32),
                           "next.reward": np.array([float(t == length - 1)], np.float32),
                           "next.done": np.array([t == length - 1]), "task": "look"})
-        ds.save_episode()
-    ds.finalize()
+        with no_realtime_leak():  # a video encoder makes its thread real-time as root
+            ds.save_episode()
+    with no_realtime_leak():
+        ds.finalize()
     return root

@@ -21,6 +21,7 @@ from dfp_ros.contracts import (
 from dfp_ros.learning.config import ModelConfig
 from dfp_ros.learning.export import example_inputs, export_onnx
 from dfp_ros.learning.model import DFPModel
+from dfp_ros.runtime.acceptance import INT8_TOLERANCE
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
 
@@ -113,7 +114,7 @@ def test_loader_refuses_model_whose_metadata_disagrees_with_graph(tmp_path):
 
 def test_loader_refuses_foreign_newer_and_corrupted_models(tmp_path):
     export_onnx(tiny_model(False), tmp_path / "m.onnx", num_samples=2)
-    _rewrite(tmp_path / "m.onnx", tmp_path / "foreign.onnx", lambda p: p.metadata_props.pop())
+    _rewrite(tmp_path / "m.onnx", tmp_path / "foreign.onnx", lambda p: p.metadata_props.__delitem__(slice(None)))
     with pytest.raises(ContractError, match="not a dfp_ros model"):
         PolicyRuntime(tmp_path / "foreign.onnx")
 
@@ -140,6 +141,11 @@ def test_runtime_imports_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def _int8_weights(proto: onnx.ModelProto) -> np.ndarray:
+    return np.concatenate([onnx.numpy_helper.to_array(i).ravel() for i in proto.graph.initializer
+                           if i.data_type == onnx.TensorProto.INT8])
+
+
 def test_int8_export_stores_int8_weights_stays_close_to_torch_and_says_so(tmp_path):
     model = tiny_model(True)
     export_onnx(model, tmp_path / "f.onnx", num_samples=8)
@@ -148,7 +154,6 @@ def test_int8_export_stores_int8_weights_stays_close_to_torch_and_says_so(tmp_pa
     def float_weights(proto) -> int:
         return sum(int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
 
-    assert any(init.data_type == onnx.TensorProto.INT8 for init in q.graph.initializer)
     assert float_weights(q) < float_weights(onnx.load(str(tmp_path / "f.onnx"))) / 2
     rt = PolicyRuntime(tmp_path / "q.onnx")
     assert rt.meta.weights == "int8" and res["metadata"]["weights"] == "int8"
@@ -162,12 +167,81 @@ def test_int8_export_stores_int8_weights_stays_close_to_torch_and_says_so(tmp_pa
     assert (np.abs(out - ref) / half_range).max() <= 0.06  # ... and close on other inputs too
 
 
-def test_int8_export_is_refused_when_actions_move_too_far(tmp_path, monkeypatch):
+def test_int8_weights_are_7_bit_so_no_cpu_saturates_their_products():
+    """x86 CPUs without VNNI add pairs of uint8 x int8 products in int16, saturating at 32767; weights in
+    [-64, 64] keep every pair at or below 2 * 255 * 64 = 32640, so every CPU computes the same sums."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        export_onnx(tiny_model(True), Path(d) / "q.onnx", num_samples=4, weights="int8")
+        w = _int8_weights(onnx.load(str(Path(d) / "q.onnx")))
+    assert w.size > 1000 and np.abs(w.astype(int)).max() <= 64
+    assert np.abs(w.astype(int)).max() >= 60  # per-channel scales use the 7 bits they have
+
+
+def _outlier_model() -> DFPModel:
+    """A model whose float output ignores one huge hidden unit, which per-tensor int8 activations cannot:
+    the unit sets the quantisation step (~40) of a layer whose other inputs are ~1, so they all read 0."""
+    model = tiny_model(False)
+    first, second = model.actor.net[0], model.actor.net[2]
+    with torch.no_grad():
+        first.bias[0] = 1e4
+        second.weight.mul_(4.0)  # what the quantisation loses moves the actions a long way
+        second.weight[:, 0] = 0.0
+    return model
+
+
+def test_int8_export_is_refused_when_actions_move_too_far(tmp_path):
     import dfp_ros.learning.export as export
 
-    monkeypatch.setattr(export, "INT8_TOLERANCE", 1e-9)
-    with pytest.raises(export.ExportError, match="int8 model's actions differ"):
-        export_onnx(tiny_model(False), tmp_path / "q.onnx", num_samples=1, weights="int8")
+    with pytest.raises(export.ExportError, match="int8 model's actions differ from torch by") as err:
+        export_onnx(_outlier_model(), tmp_path / "q.onnx", num_samples=1, weights="int8")
+    figure = float(str(err.value).split("differ from torch by ")[1].split()[0])
+    assert figure > 10 * INT8_TOLERANCE  # far past the tolerance, not near it by chance
     assert list(tmp_path.iterdir()) == []  # nothing left behind
     with pytest.raises(export.ExportError, match="weights must be one of"):
         export_onnx(tiny_model(False), tmp_path / "q.onnx", weights="fp16")
+
+
+def test_an_exported_model_carries_an_acceptance_test_that_its_loader_passes(tmp_path):
+    from dfp_ros.contracts import ACCEPTANCE_KEY
+
+    model = tiny_model(True, [CameraSpec("front", "observation.images.front", 12, 16)])
+    res = export_onnx(model, tmp_path / "m.onnx", num_samples=4)
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    stored = props[ACCEPTANCE_KEY]
+    assert set(stored["inputs"]) == {"state", "image.front", "noise"} and stored["tolerance"] == 0.01
+    assert stored["inputs"]["image.front"]["shape"] == [2, 12, 16, 3] and stored["actions"]["shape"] == [2, 4, 3, 3]
+    rt = PolicyRuntime(tmp_path / "m.onnx", device="cpu")
+    assert rt.has_acceptance_test and rt.acceptance.passed and rt.acceptance.provider == "CPUExecutionProvider"
+    assert rt.acceptance.max_action_error < 1e-4 and res["acceptance"]["max_action_error"] < 1e-4
+    q = export_onnx(model, tmp_path / "q.onnx", num_samples=4, weights="int8")
+    assert q["acceptance"]["tolerance"] == 0.05 and 0 < q["acceptance"]["max_action_error"] <= 0.05
+
+
+def test_a_model_whose_acceptance_test_fails_here_is_refused_naming_the_error_and_provider(tmp_path):
+    """What a CPU or GPU provider that computes the model differently looks like to the loader: its
+    actions are off the stored reference (built here by moving the reference by 0.3 half-ranges)."""
+    from model_files import edit_acceptance, shift_acceptance_reference
+
+    export_onnx(tiny_model(True), tmp_path / "m.onnx", num_samples=4)
+    shift_acceptance_reference(tmp_path / "m.onnx", tmp_path / "off.onnx", 0.3)
+    with pytest.raises(ContractError, match=r"off\.onnx fails its acceptance test on CPUExecutionProvider: .* "
+                                            r"by 0\.3 of the action half-range \(tolerance 0\.01\)"):
+        PolicyRuntime(tmp_path / "off.onnx", device="cpu")
+    assert not PolicyRuntime(tmp_path / "off.onnx", device="cpu", verify=False).acceptance  # only when asked
+
+    edit_acceptance(tmp_path / "m.onnx", tmp_path / "garbled.onnx", lambda text: text[: len(text) // 2])
+    with pytest.raises(ContractError, match="acceptance test cannot be read"):
+        PolicyRuntime(tmp_path / "garbled.onnx", device="cpu")
+
+
+def test_a_model_without_an_acceptance_test_loads_and_says_so(tmp_path):
+    from dfp_ros.contracts import ACCEPTANCE_KEY
+
+    export_onnx(tiny_model(False), tmp_path / "m.onnx", num_samples=2)
+    _rewrite(tmp_path / "m.onnx", tmp_path / "old.onnx", lambda proto: [
+        proto.metadata_props.remove(p) for p in list(proto.metadata_props) if p.key == ACCEPTANCE_KEY])
+    rt = PolicyRuntime(tmp_path / "old.onnx", device="cpu")
+    assert not rt.has_acceptance_test and rt.acceptance is None

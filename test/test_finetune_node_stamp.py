@@ -21,6 +21,7 @@ pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 pytest.importorskip("torch", reason="the learner needs torch (training profile)")
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.time import Time
 from ros_graph import RosGraph, domain_id, ros_env, start_node, stop
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Float64MultiArray, String
@@ -31,6 +32,7 @@ STEPS = 10  # per episode: chunks at steps 0, 4, 8; the last one ends inside the
 STATE_NAMES = ["elbow.pos", "wrist.pos", "wrist.vel"]
 ACTIONS = ["a0", "a1"]
 FRAME = 24  # published size; the model's camera is 16 px (both nodes resize)
+MISMATCHED = (2, 4)  # (episode, step) whose camera frame is stamped 1 ms after its joint state
 
 
 def _joints(k: int) -> JointState:
@@ -62,9 +64,11 @@ class LockstepRobot:
         self.pending += 1
 
     def observe(self) -> None:
-        stamp = self.graph.node.get_clock().now().to_msg()  # wall clock: the rewards' source timestamps agree
+        now = self.graph.node.get_clock().now()  # wall clock: the rewards' source timestamps agree
         img, js = _image(self.k), _joints(self.k)
-        img.header.stamp = js.header.stamp = stamp
+        img.header.stamp = js.header.stamp = now.to_msg()
+        if (self.episodes, self.k) == MISMATCHED:  # a frame whose stamp is not its step's: never joined
+            img.header.stamp = Time(nanoseconds=now.nanoseconds + 1_000_000).to_msg()
         self.camera.publish(img)
         # The frame first: the policy ticks on the joints and must find this step's frame.
         time.sleep(0.02)
@@ -145,18 +149,27 @@ def test_stamp_join_of_jointstate_and_camera_feeds_the_learner_exact_transitions
 
     log = procs["finetune"].log()
     # Every episode after the first (which may start before all readers matched) joins every chunk:
-    # 3 chunks per 10-step episode, the last one terminal inside its chunk; nothing dropped.
+    # 3 chunks per 10-step episode, the last one terminal inside its chunk; nothing dropped — except
+    # where the frame's stamp was not its step's: that step has no observation (9 steps counted), its
+    # chunk is dropped and so is the chunk before it (no next observation), rather than either being
+    # joined with another step's frame.
     rows = _episode_lines(log)
     assert len(rows) >= 5, log[-3000:]
-    for steps, chunks, joined, dropped in rows[1:]:
-        assert (steps, chunks, joined, dropped) == (STEPS, 3, 3, ""), rows
+    for i, (steps, chunks, joined, dropped) in enumerate(rows[1:], start=1):
+        if i == MISMATCHED[0]:
+            assert (steps, chunks, joined, dropped) == (
+                STEPS - 1, 3, 1, "{'chunk_without_observation': 1, 'partial_chunk': 1}"), rows
+        else:
+            assert (steps, chunks, joined, dropped) == (STEPS, 3, 3, ""), rows
+    assert int(fin["unpaired_stamps"]) >= 1, fin
 
-    # The replay the learner saved at its stop: each transition's state is the robot's JointState
-    # mapped by name, its image is that same step's frame, and its next observation is H steps later.
+    # The replay the learner saved at its stop, first episode included: each transition's state is the
+    # robot's JointState mapped by name, its image is that same step's frame (never a neighbour's, even
+    # while readers were still matching), and its next observation is H steps later.
     with np.load(out / "learner" / "replay_online.npz") as d:
         state, nxt, mask = d["state"], d["next_state"], d["mask"]
         img, next_img = d["image.front"], d["next_image.front"]
-    assert len(state) >= 3 * (len(rows) - 1) and img.shape[1:] == (16, 16, 3) and img.dtype == np.uint8
+    assert len(state) >= 3 * (len(rows) - 2) and img.shape[1:] == (16, 16, 3) and img.dtype == np.uint8
     k = np.round(state[:, 0] / 0.01).astype(int)
     np.testing.assert_allclose(state, np.stack([0.01 * k, -0.02 * k, np.full_like(k, 0.5, dtype=float)], 1),
                                atol=1e-5)

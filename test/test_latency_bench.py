@@ -40,8 +40,11 @@ def test_bench_latency_reports_every_figure(tmp_path) -> None:
         for key in POSITIVE:
             value = figures[key]
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (model, key, value)
-        assert isinstance(figures["missed_ticks"], int) and figures["missed_ticks"] >= 0, figures["missed_ticks"]
-        assert figures["chunks_with_repeated_stamp"] >= 0
+        # Read from the node's diagnostics (-1 when none came); more missed ticks than commands sent would
+        # mean the node never controlled at its rate: a broken run, not a slow machine.
+        assert isinstance(figures["missed_ticks"], int) and 0 <= figures["missed_ticks"] <= figures["commands"]
+        # Counted over pairs of consecutive chunks in the window.
+        assert 0 <= figures["chunks_with_repeated_stamp"] <= figures["chunks"] - 1
         assert 0 <= figures["stalls_receiver_wide"] <= figures["stalls"] <= figures["chunks"]
         assert figures["weights"] == "float32"
     assert isinstance(res["busy_runs"], list)

@@ -121,7 +121,8 @@ class Robot:
 
 @pytest.fixture(scope="module")
 def robot(tmp_path_factory):
-    """One policy node (timer trigger, enabled, watchdog stop) shared by the checks in order."""
+    """One policy node (timer trigger, enabled, watchdog stop) shared by the tests of this file; `fresh_node`
+    puts it back to its start-up state before each."""
     dom = domain_id()
     log_dir = tmp_path_factory.mktemp("policy_node")
     proc = start_node(NODE, {"model_path": str(MODEL), "enabled": True, "watchdog_action": "stop",
@@ -139,6 +140,21 @@ def robot(tmp_path_factory):
         code = stop(proc)
         print(proc.log())
         assert code in (0, -2), f"policy_node exited with {code}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_node(request):
+    """Each test starts from the shared node's start-up state, whatever the tests before it left:
+    the bundled model, not a dry run, enabled with no e-stop latched, observations flowing."""
+    if "robot" not in request.fixturenames:
+        yield
+        return
+    robot = request.getfixturevalue("robot")
+    assert robot.set_param("dry_run", False).successful
+    assert robot.set_param("model_path", str(MODEL)).successful
+    assert robot.call(SetBool, SetBool.Request(data=True)).success  # clears an e-stop latch too
+    robot.feed(0.3)
+    yield
 
 
 def test_closed_loop_chunks_and_commands(robot, model):
@@ -228,7 +244,6 @@ def test_dry_run_publishes_chunks_not_commands(robot):
     robot.feed(1.0)
     assert robot.chunks.count - chunks_before >= 2
     assert not robot.commands_after(t + 0.15)
-    assert robot.set_param("dry_run", False).successful
 
 
 def test_broken_model_refused_old_keeps_running(robot, model, tmp_path):
@@ -324,6 +339,36 @@ def test_model_update_topic_checks_hash(robot, model):
     robot.feed(0.6)
     assert any("model_update" in d["model_source"] for d in robot.diagnostics_since(t))
     assert len(robot.commands_after(t)) >= 6  # kept commanding through the swap
+    robot.graph.node.destroy_publisher(pub)
+
+
+def test_a_pushed_model_failing_its_acceptance_test_here_is_refused_and_the_old_keeps_running(robot, model,
+                                                                                             tmp_path):
+    """A model whose stored reference this machine's provider does not reproduce (built on purpose by
+    moving the reference): refused with the error and the provider named, commands go on."""
+    from model_files import shift_acceptance_reference
+    from ros_graph import latched_qos
+    from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
+
+    off = tmp_path / "off.onnx"
+    shift_acceptance_reference(MODEL, off, 0.2)
+    result = robot.set_param("model_path", str(off))
+    assert not result.successful
+    assert "fails its acceptance test on CPUExecutionProvider" in result.reason and "by 0.2 of" in result.reason
+    data = off.read_bytes()
+    pub = robot.graph.publisher("/dfp/model_update", UInt8MultiArray, latched_qos())
+    update = UInt8MultiArray(data=data)
+    update.layout.dim = [MultiArrayDimension(label=PolicyRuntime(off, verify=False).sha256, size=len(data),
+                                             stride=len(data))]
+    t = time.monotonic()
+    pub.publish(update)
+    robot.feed(0.6)
+    events = [d["model_event"] for d in robot.diagnostics_since(t)]
+    assert any("fails its acceptance test on CPUExecutionProvider" in e for e in events), events
+    assert len(robot.commands_after(t)) >= 6
+    diag = robot.diagnostics()
+    assert diag["model_sha256"] == model.sha256 and "acceptance test passed on CPUExecutionProvider" in \
+        diag["model_acceptance"]
     robot.graph.node.destroy_publisher(pub)
 
 

@@ -154,6 +154,21 @@ def test_joint_state_reordered_by_name_plus_extra_array():
     assert asm.ready(1.2) is None and asm.missing(1.2) == ["/joint_states", "/extra"]
 
 
+def test_an_observation_says_how_far_apart_its_parts_stamps_are():
+    """The learner's exact join takes only observations whose parts share a stamp: a frame of the next
+    step next to this step's joints shows as a skew, not as an observation of this step."""
+    cams = [CameraSpec("front", "observation.images.front", 4, 6)]
+    asm = ObservationAssembler(meta(cams), [StateSource("/s", "float32_array", "observation.state")], 1.0)
+    frame = np.zeros((4, 6, 3), np.uint8)
+    asm.put_array(0, np.zeros(6), 1_000, 0.0)
+    asm.put_image("front", frame, 1_000, 0.0)
+    obs = asm.ready(0.0)
+    assert (obs.stamp_ns, obs.stamp_skew_ns) == (1_000, 0)
+    asm.put_image("front", frame + 1, 51_000, 0.05)  # the next step's frame, this step's joints
+    obs = asm.ready(0.05)
+    assert (obs.stamp_ns, obs.stamp_skew_ns) == (1_000, 50_000)
+
+
 def test_missing_joint_is_an_error():
     asm = ObservationAssembler(meta(), [StateSource("/joint_states", "joint_state", "observation.state"),
                                         StateSource("/extra", "float32_array", "observation.state")], 0.1)

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from dfp_ros.scheduling import no_realtime_leak
+
 log = logging.getLogger(__name__)
 
 STATE_KEY = "observation.state"
@@ -320,7 +322,8 @@ class DatasetWriter:
         f = dict(frame)
         f["task"] = task
         self._wait_for_encoder()
-        self.ds.add_frame(f)
+        with no_realtime_leak():  # a streaming encoder opens here (see dfp_ros.scheduling)
+            self.ds.add_frame(f)
         self.buffered += 1
 
     def _wait_for_encoder(self) -> None:
@@ -350,7 +353,8 @@ class DatasetWriter:
             self.discard_episode()
             raise RuntimeError(f"the video encoder fell behind and dropped frames {dropped}; episode discarded "
                                "(use a faster vcodec such as h264, or streaming_encoding false)")
-        self.ds.save_episode(parallel_encoding=self._parallel)
+        with no_realtime_leak():  # videos are encoded here (see dfp_ros.scheduling)
+            self.ds.save_episode(parallel_encoding=self._parallel)
         self.buffered = 0
         return n
 
@@ -368,7 +372,8 @@ class DatasetWriter:
         self._finalized = True
         if self.buffered:
             self.discard_episode()
-        self.ds.finalize()
+        with no_realtime_leak():
+            self.ds.finalize()
 
 
 # --- the writer process ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dfp_ros.contracts import (
+    ACCEPTANCE_KEY,
     INPUT_NOISE,
     INPUT_STATE,
     METADATA_KEY,
@@ -34,13 +35,18 @@ from dfp_ros.contracts import (
     image_input_name,
 )
 from dfp_ros.learning.model import DFPModel
+from dfp_ros.runtime.acceptance import FLOAT32_TOLERANCE, INT8_TOLERANCE, AcceptanceTest, action_error
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
 PARITY_TOLERANCE = 1e-4
-# int8 weights move actions a little: refuse a quantised model whose actions differ from torch by more
-# than this fraction of each action's half-range (clamped policies act in [-1, 1] normalised units).
-INT8_TOLERANCE = 0.05
 OPSET = 17
+ACCEPTANCE_BATCH = 2  # observations stored in the model's acceptance test (with all N noise samples each)
+# ONNX Runtime's dynamic quantisation multiplies uint8 activations by int8 weights. On x86 CPUs without
+# VNNI (AVX2-only, AVX-512 without VNNI) the kernel adds pairs of u8*s8 products in int16 and saturates
+# when a pair exceeds 32767, so full-range weights give CPU-dependent actions (measured: 0.064 of the
+# half-range on an AVX2-only CPU where a VNNI CPU gave 0.003). 7-bit weights (`reduce_range`) keep every
+# pair below 2*255*64 = 32640: exact integer sums on every CPU. Per-channel scales win back the bit.
+INT8_QUANTISATION = {"reduce_range": True, "per_channel": True}
 
 
 class ExportError(ContractError):
@@ -88,7 +94,8 @@ def content_hash(proto: onnx.ModelProto) -> str:
 
 def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, with_critic: bool | None = None,
                 parity_batch: int = 4, weights: str = "float32") -> dict:
-    """Write `path`; returns {"path", "metadata", "max_abs_error"} (+ "int8": its parity figures).
+    """Write `path`; returns {"path", "metadata", "max_abs_error", "acceptance"} (+ "int8": its parity
+    figures). The file carries its acceptance test (dfp_ros.runtime.acceptance), run here once on the CPU.
 
     `weights="int8"`: the float graph is checked first, then ONNX Runtime's dynamic quantisation stores
     MatMul/Gemm weights as int8 (about 4x smaller, ~2x faster on a CPU whose cache the float weights do
@@ -122,9 +129,10 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
                           opset_version=OPSET, dynamo=False)
     meta = replace(model.meta, num_samples=num_samples, has_critic=with_critic,
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    acceptance = acceptance_test(model, graph, num_samples, FLOAT32_TOLERANCE)
     result: dict = {"path": str(path)}
     try:
-        meta = _stamp(tmp, meta)
+        meta = _stamp(tmp, meta, acceptance)
         result["max_abs_error"] = check_parity(model, graph, tmp, parity_batch, num_samples)
         if weights == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -137,12 +145,18 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
             try:
                 # Fully connected layers only: int8 convolutions are slower than float ones on a CPU.
                 quantize_dynamic(str(float_tmp), str(tmp), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
+                                 op_types_to_quantize=["MatMul", "Gemm"], **INT8_QUANTISATION)
             finally:
                 root.setLevel(level)
                 float_tmp.unlink(missing_ok=True)
-            meta = _stamp(tmp, replace(meta, weights="int8"))
+            acceptance = replace(acceptance, tolerance=INT8_TOLERANCE)
+            # The quantised graph's own run of the acceptance inputs is checked at its first load below.
+            meta = _stamp(tmp, replace(meta, weights="int8"), acceptance)
             result["int8"] = check_int8_parity(model, graph, tmp, max(parity_batch, 16), num_samples)
+        try:  # the loader's own check, as the robot will run it
+            result["acceptance"] = vars(PolicyRuntime(tmp, device="cpu").acceptance)
+        except ContractError as e:
+            raise ExportError(str(e).replace(str(tmp), str(path))) from e
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -151,13 +165,23 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
     return result
 
 
-def _stamp(onnx_path: Path, meta: ModelMetadata) -> ModelMetadata:
-    """Write `meta` (with this graph's content hash) into the file's metadata and check the model."""
+def acceptance_test(model: DFPModel, graph: _ExportGraph, num_samples: int, tolerance: float) -> AcceptanceTest:
+    """Fixed inputs and torch's float32 actions for them: the test every loader of the file re-runs."""
+    feeds = example_inputs(model, ACCEPTANCE_BATCH, num_samples, seed=4)
+    with torch.no_grad():
+        out = graph(*(torch.from_numpy(v) for v in feeds.values()))
+    actions = (out[0] if isinstance(out, tuple) else out).numpy()
+    return AcceptanceTest(inputs=feeds, actions=actions, tolerance=tolerance)
+
+
+def _stamp(onnx_path: Path, meta: ModelMetadata, acceptance: AcceptanceTest) -> ModelMetadata:
+    """Write `meta` (with this graph's content hash) and the acceptance test into the file; check it."""
     proto = onnx.load(str(onnx_path))
     meta = replace(meta, content_hash=content_hash(proto))
     del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta.to_dict())
+    for key, value in ((METADATA_KEY, json.dumps(meta.to_dict())), (ACCEPTANCE_KEY, acceptance.to_json())):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     proto.producer_name = "dfp_ros"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(onnx_path))
@@ -167,7 +191,7 @@ def _stamp(onnx_path: Path, meta: ModelMetadata) -> ModelMetadata:
 def _both_outputs(model: DFPModel, graph: _ExportGraph, onnx_path: Path, batch: int, num_samples: int,
                   seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The outputs of the ONNX file (through the robot's runtime loader) and of torch, on the same inputs."""
-    runtime = PolicyRuntime(onnx_path, device="cpu")
+    runtime = PolicyRuntime(onnx_path, device="cpu", verify=False)  # the comparison below says more
     feeds = example_inputs(model, batch, num_samples, seed=seed)
     ort_out = runtime.run(feeds[INPUT_STATE], {c: feeds[image_input_name(c)] for c in runtime.camera_names},
                           feeds[INPUT_NOISE])
@@ -191,9 +215,7 @@ def check_int8_parity(model: DFPModel, graph: _ExportGraph, onnx_path: Path, bat
     """A quantised model against torch: action error in half-ranges and, with a critic, how often the
     best-of-N pick is the same candidate. Raises ExportError past INT8_TOLERANCE."""
     ort_out, torch_out = _both_outputs(model, graph, onnx_path, batch, num_samples, seed=3)
-    meta = model.meta
-    half_range = (np.asarray(meta.action_high, np.float32) - np.asarray(meta.action_low, np.float32)) / 2
-    err = float((np.abs(ort_out[0] - torch_out[0]) / np.maximum(half_range, 1e-6)).max())
+    err = action_error(ort_out[0], torch_out[0], model.meta)
     figures = {"max_action_error": err}
     if len(ort_out) > 1:
         same = ort_out[1].argmax(1) == torch_out[1].argmax(1)

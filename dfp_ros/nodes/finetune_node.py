@@ -48,11 +48,13 @@ publisher sent them (the DDS source timestamp; one host, or clocks synchronised 
 - `stamp`: observations by their header stamp (JointState, Image, CompressedImage; an observation of
   several parts has the oldest part's stamp, the policy node's rule) and each chunk by its header
   stamp, exactly (DESIGN.md §3.2) — for real robots whose policy may lag behind. Every state source
-  must then be a JointState (a Float32MultiArray has no header: refused). Exact when the parts of one
-  observation share a stamp (a robot stamping its joints and camera frame alike); with parts from
-  unsynchronised drivers the policy's observation carries the oldest part's stamp, and the join takes
-  the first combination under that stamp, whose newer parts may be up to one period older than the
-  policy's.
+  must then be a JointState (a Float32MultiArray has no header: refused). Exact: an observation is
+  joined only when all its parts carry one stamp (a robot stamping its joints and camera frame alike);
+  a combination of parts from different instants (a frame of this step not here yet, or lost while
+  the readers matched) is not an observation (counted `unpaired_stamps`), and a chunk left without
+  its observation is dropped (`chunk_without_observation`), never paired with a neighbour's frame.
+  Unsynchronised drivers: `max_stamp_skew_s` > 0 accepts parts up to that far apart, and the join
+  takes the first such combination under the oldest part's stamp (approximate by up to that skew).
 Steps (`steps_from`): `observations` (default) counts each observation as one control step — a
 lock-step robot, a simulator, a robot publishing its state at the control rate; `fps` (join: stamp
 only) counts 1/fps of stamp time as a step — a robot whose joint states come faster than the policy
@@ -240,6 +242,7 @@ class FinetuneNode(Node):
             ("state_keys", [""]), ("max_obs_age_s", 1.0), ("chunk_topic", contracts.TOPIC_POLICY_CHUNK),
             ("reward_topic", contracts.TOPIC_REWARD), ("episode_topic", contracts.TOPIC_EPISODE),
             ("reward_mode", "per_step"), ("join", "causal"), ("steps_from", "observations"), ("join_grace_s", 0.5),
+            ("max_stamp_skew_s", 0.0),
             ("warmup_steps", 5000), ("updates_per_step", 1.0), ("batch_size", 256), ("num_gen", 8),
             ("num_candidates", 16), ("top_k", 4), ("lam", 0.5), ("ema_tau", 1e-4), ("gamma", 0.99), ("tau", 0.005),
             ("lr", 3e-4), ("critic_samples", 16), ("temperatures", [0.02, 0.05, 0.2, 0.5, 1.0]),
@@ -270,6 +273,8 @@ class FinetuneNode(Node):
             raise ValueError(f"join={values['join']!r}; expected one of {JOIN_MODES}")
         if values["steps_from"] not in STEPS_FROM:
             raise ValueError(f"steps_from={values['steps_from']!r}; expected one of {STEPS_FROM}")
+        if not values["max_stamp_skew_s"] >= 0.0:
+            raise ValueError(f"max_stamp_skew_s must be >= 0, got {values['max_stamp_skew_s']}")
         if values["steps_from"] == "fps" and values["join"] != "stamp":
             raise ValueError("steps_from: fps places chunks by their header stamps; it needs join: stamp")
         if not values["init_checkpoint"] and not (Path(values["output_dir"]) / "learner" / "config.json").is_file():
@@ -315,6 +320,7 @@ class FinetuneNode(Node):
         asm = ObservationAssembler(self.meta, self.sources, p["max_obs_age_s"])
 
         causal = p["join"] == "causal"
+        max_skew_ns = round(p["max_stamp_skew_s"] * 1e9)
 
         def stamp(info: Any, header: Any = None) -> int:
             # A header stamp when the message has one (and we join by stamps), else when it was published.
@@ -344,8 +350,14 @@ class FinetuneNode(Node):
                 self.get_logger().warning(f"[{ns or '/'}] {what} dropped: {e}", throttle_duration_sec=5.0)
                 return
             obs = asm.ready(now)
-            if obs is not None:
-                j.add_observation(obs.stamp_ns, obs.state, obs.images)
+            if obs is None:
+                return
+            if not causal and obs.stamp_skew_ns > max_skew_ns:
+                # Parts of different instants (a part of this step not here yet, or lost): not the
+                # observation any policy acted on for this stamp. A chunk left without one is dropped.
+                self.counts["unpaired_stamps"] += 1
+                return
+            j.add_observation(obs.stamp_ns, obs.state, obs.images)
 
         def on_array(index: int, msg: Float32MultiArray, info: Any) -> None:
             put(self.sources[index].topic, lambda now: asm.put_array(
@@ -568,6 +580,7 @@ class FinetuneNode(Node):
             "learner_alive": self._learner_alive, "paused": self._paused_reason or "no",
             "robot_held": self._robot_held, "robot_holds": self.counts["robot_holds"],
             "republished_observations": sum(r.joiner.republished for r in self.robots.values()),
+            "unpaired_stamps": self.counts["unpaired_stamps"],
         }
         for k in ("updates", "target_updates", "learning", "replay_online", "replay_offline", "exports",
                   "critic_loss", "q_mean", "topk_q", "nearest_pos"):

@@ -30,6 +30,8 @@ from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from dfp_ros.scheduling import INHERIT_ENV, drop_inherited_realtime
+
 N = TypeVar("N", bound=Node)
 CONFIG_ERROR_EXIT = 2
 EXECUTOR_ENV = "DFP_ROS_EXECUTOR"
@@ -99,8 +101,12 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
     (`describe_error` may reword it and choose the exit code; default: the message, exit 2).
     `close(node, signalled)` runs before the node is destroyed and may return a non-zero exit code.
     """
+    dropped = drop_inherited_realtime()  # before any thread exists, so none inherits it
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger(name)
+    if dropped:
+        logger.warning(f"this process inherited real-time scheduling ({dropped}) from whatever started it; "
+                       f"running with ordinary scheduling ({INHERIT_ENV}=1 keeps it)")
     node: N | None = None
     spinner: Executor | None = None
     rc = 0

@@ -79,7 +79,6 @@ header-less messages like Float32MultiArray).
 from __future__ import annotations
 
 import array
-import os
 import sys
 import threading
 import time
@@ -113,6 +112,7 @@ from dfp_ros.runtime.observation import (
 )
 from dfp_ros.runtime.policy_runtime import PolicyRuntime, file_sha256
 from dfp_ros.runtime.safety import WATCHDOG_ACTIONS, SafetyFilter
+from dfp_ros.scheduling import describe_scheduling, make_thread_realtime
 
 NODE_NAME = "policy_node"
 BUNDLED_MODEL = "cube_single.onnx"
@@ -128,6 +128,13 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # Parameters a running node accepts; changing any other is refused ("read at start only").
 RUNTIME_CHANGEABLE = {"use_sim_time", "model_path", "enabled", "dry_run", "watchdog_action", "max_obs_age_s",
                       "max_delta", "ensemble_k", "replan_every", "queue_low"}
+
+
+def _acceptance_text(runtime: PolicyRuntime) -> str:
+    a = runtime.acceptance
+    if a is None:
+        return "no acceptance test in the model (exported by an older dfp_ros)"
+    return f"acceptance test passed on {a.provider} (error {a.max_action_error:.2g} <= {a.tolerance:g})"
 
 
 def default_model_path() -> str:
@@ -343,7 +350,8 @@ class PolicyNode(Node):
             dt = _warm_up(runtime)
         except Exception as e:
             raise ContractError(f"{runtime.source}: warm-up inference failed ({type(e).__name__}: {e})") from e
-        self.get_logger().info(f"model {runtime.source} sha256 {runtime.sha256[:12]}: warm-up {dt * 1e3:.1f} ms")
+        self.get_logger().info(f"model {runtime.source} sha256 {runtime.sha256[:12]}: {_acceptance_text(runtime)}; "
+                               f"warm-up {dt * 1e3:.1f} ms")
         return runtime
 
     def _validate_swap(self, source: str | bytes) -> PolicyRuntime:
@@ -624,15 +632,14 @@ class PolicyNode(Node):
     def _set_control_priority(self) -> str:
         """Run this (the control) thread under SCHED_FIFO when asked; returns the policy in effect."""
         if self._control_priority <= 0:
-            return "other"
+            return describe_scheduling()
         try:
-            # pid 0 = the calling thread: only the control thread becomes real-time, not the callbacks.
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._control_priority))
+            # Only the control thread becomes real-time, not the callbacks.
+            return make_thread_realtime(self._control_priority)
         except (OSError, AttributeError) as e:  # no permission (PermissionError), or not Linux
             self.get_logger().warning(f"control_thread_priority {self._control_priority}: SCHED_FIFO refused "
                                       f"({e}); the control thread runs with ordinary scheduling")
-            return "other"
-        return f"fifo:{self._control_priority}"
+            return describe_scheduling()
 
     def _control_loop(self) -> None:
         """Tick at control rate against absolute deadlines (no drift); a late tick is not made up twice."""
@@ -749,6 +756,7 @@ class PolicyNode(Node):
                 "model_sha256": self._runtime.sha256,
                 "model_source": self._model_source,
                 "model_event": self._last_model_event,
+                "model_acceptance": _acceptance_text(self._runtime),
                 "providers": ",".join(self._runtime.providers),
                 "watchdog": self._safety.watchdog,
                 "watchdog_action": self._safety.watchdog_action,

@@ -53,6 +53,7 @@ class Observation:
     state: np.ndarray  # float32 [S]
     images: dict[str, np.ndarray]  # camera -> uint8 [h, w, 3] RGB
     stamp_ns: int  # the oldest stamp among its parts
+    stamp_skew_ns: int  # newest minus oldest part stamp: 0 when every part was stamped for one instant
     age_s: float  # now - the oldest receipt among its parts
     seq: int  # increases with every accepted message (tells a new observation from a reused one)
 
@@ -247,5 +248,6 @@ class ObservationAssembler:
         for plan, slot in zip(self.plans, self._state, strict=True):
             state[plan.index] = slot.value
         slots = [*self._state, *self._images.values()]
+        stamps = [s.stamp_ns for s in slots]
         return Observation(state=state, images={n: s.value for n, s in self._images.items()},
-                           stamp_ns=min(s.stamp_ns for s in slots), age_s=age, seq=self.seq)
+                           stamp_ns=min(stamps), stamp_skew_ns=max(stamps) - min(stamps), age_s=age, seq=self.seq)

@@ -27,6 +27,7 @@ from dfp_ros.contracts import (
     ModelMetadata,
     image_input_name,
 )
+from dfp_ros.runtime.acceptance import AcceptanceResult, read_acceptance, run_acceptance
 
 # Preferred first; only those present in this onnxruntime build are used.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -102,7 +103,9 @@ class PolicyRuntime:
     """An exported DFP model in an ONNX Runtime session."""
 
     def __init__(self, model: str | Path | bytes, *, device: str = "auto", num_samples: int | None = None,
-                 threads: int = 1):
+                 threads: int = 1, verify: bool = True):
+        """Raises ContractError when the model does not fit the contract or, `verify`, fails its own
+        acceptance test on this provider (`self.acceptance`: the figures; None if it carries none)."""
         if isinstance(model, bytes):
             data, self.source = model, "model bytes"
         else:
@@ -126,6 +129,14 @@ class PolicyRuntime:
         if self.num_samples < 1:
             raise ContractError(f"num_samples must be >= 1, got {self.num_samples}")
         self.providers = self.session.get_providers()
+        self.acceptance: AcceptanceResult | None = None
+        test = read_acceptance(self.session.get_modelmeta().custom_metadata_map, self.source)
+        self.has_acceptance_test = test is not None
+        if verify and test is not None:
+            all_outputs = [o.name for o in self.session.get_outputs()]
+            self.acceptance = run_acceptance(
+                test, lambda feeds: dict(zip(all_outputs, self.session.run(all_outputs, feeds), strict=True)),
+                self.meta, self.providers[0], self.source)
         self._outputs = [OUTPUT_ACTIONS] + ([OUTPUT_Q, OUTPUT_BEST] if self.meta.has_critic else [])
 
     @property

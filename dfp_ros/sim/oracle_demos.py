@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dfp_ros.scheduling import no_realtime_leak
 from dfp_ros.sim.cube_env import CubeSim
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,14 @@ def collect_oracle_dataset(
                 state = next_state
                 if done:
                     break
-            dataset.save_episode()
+            with no_realtime_leak():  # videos are encoded here (see dfp_ros.scheduling)
+                dataset.save_episode()
             successes += int(success)
             bar.set_postfix(success=f"{successes}/{ep + 1}", frames=frames)
     finally:
         # Without finalize the parquet footers are missing and the dataset cannot be opened.
-        dataset.finalize()
+        with no_realtime_leak():
+            dataset.finalize()
         bar.close()
         sim.close()
 

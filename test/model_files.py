@@ -1,0 +1,36 @@
+"""Model files edited on purpose, for the loaders' refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dfp_ros.contracts import ACCEPTANCE_KEY
+from dfp_ros.runtime.acceptance import decode_array, encode_array
+
+
+def edit_acceptance(src: Path, dst: Path, edit: Callable[[str], str]) -> None:
+    """Copy `src` to `dst` with its acceptance test's JSON text passed through `edit`."""
+    proto = onnx.load(str(src))
+    for p in proto.metadata_props:
+        if p.key == ACCEPTANCE_KEY:
+            p.value = edit(p.value)
+    onnx.save(proto, str(dst))
+
+
+def shift_acceptance_reference(src: Path, dst: Path, half_ranges: float) -> None:
+    """What a provider or CPU that computes the model differently looks like to a loader: the stored
+    reference actions moved by `half_ranges` of each action's half-range."""
+    meta = json.loads({p.key: p.value for p in onnx.load(str(src)).metadata_props}["dfp_ros"])
+    half = (np.array(meta["action_high"]) - np.array(meta["action_low"])) / 2
+
+    def shift(text: str) -> str:
+        d = json.loads(text)
+        d["actions"] = encode_array(decode_array(d["actions"]) + (half_ranges * half).astype(np.float32))
+        return json.dumps(d)
+
+    edit_acceptance(src, dst, shift)
