@@ -15,24 +15,24 @@ setup-deploy:  ## inference only (no torch): ROS 2 wheels, ONNX Runtime, OpenCV,
 	@bash scripts/setup_env.sh deploy
 
 demo: setup-deploy  ## main job: simulated robot + policy node (bundled model) over ROS 2, 20 episodes
-	$(PY) -m dfp_ros.live_demo --episodes 20
+	$(PY) -m dfp_ros.tools.live_demo --episodes 20
 
 train-demo: setup  ## the offline pipeline: expert data -> dfp train -> dfp export -> success rate in the sim
-	$(PY) -m dfp_ros.train_demo --output outputs/train_demo
+	$(PY) -m dfp_ros.tools.train_demo --output outputs/train_demo
 
 model: setup  ## rebuild the bundled models/cube_single.onnx from scratch
-	$(PY) -m dfp_ros.train_demo --output outputs/bundle --fresh --bundle models/cube_single.onnx
+	$(PY) -m dfp_ros.tools.train_demo --output outputs/bundle --fresh --bundle models/cube_single.onnx
 
 test: setup  ## lint + the whole test suite
 	$(VENV)/bin/ruff check dfp_ros test launch
 	$(PY) -m pytest -q
 
 bench: setup  ## benchmarks (figures for the README's Performance section)
-	$(PY) -m dfp_ros.cli bench train
-	$(PY) -m dfp_ros.cli bench latency
+	$(PY) -m dfp_ros.tools.cli bench train
+	$(PY) -m dfp_ros.tools.cli bench latency
 
 bench-finetune: setup  ## weak BC policy -> RL fine-tuning through ROS, 50-episode evaluation before/after (~25 min)
-	$(PY) -m dfp_ros.cli bench finetune
+	$(PY) -m dfp_ros.tools.cli bench finetune
 
 bench-collect: setup  ## recording benchmark: 2 x 640x480 @ 30 Hz + 200 Hz joint states, 2 min
-	$(PY) -m dfp_ros.data.collect_bench --duration 120
+	$(PY) -m dfp_ros.tools.collect_bench --duration 120

@@ -31,7 +31,7 @@ setup(
         (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.json")),
     ],
     python_requires=">=3.10",
-    # The inference path: no torch here (DESIGN.md §2).
+    # The inference path: no torch here (the deploy profile runs the policy node without it).
     install_requires=[
         "setuptools", "numpy>=1.24", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.13",
         "pyyaml>=6", "tqdm>=4.60",
@@ -55,7 +55,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "dfp = dfp_ros.cli:main",
+            "dfp = dfp_ros.tools.cli:main",
             "policy_node = dfp_ros.nodes.policy_node:main",
             "sim_robot_node = dfp_ros.nodes.sim_robot_node:main",
             "collect_node = dfp_ros.nodes.collect_node:main",

@@ -1,4 +1,4 @@
-"""The contracts between the parts of dfp_ros, defined once (DESIGN.md §3).
+"""The contracts between the parts of dfp_ros, defined once (docs/architecture.md, "Contracts").
 
 Training writes ONNX files with these input/output names and this metadata; the runtime reads
 them; nodes use the default topic names below. Everything else imports from here.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# --- ONNX model (DESIGN.md §3.1) -------------------------------------------------------------
+# --- ONNX model ------------------------------------------------------------------------------
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = ("float32", "int8")  # ModelMetadata.weights: how the exported graph stores its weights
 METADATA_KEY = "dfp_ros"  # metadata_props key holding the JSON below
@@ -99,8 +99,8 @@ class ContractError(ValueError):
     """A model, dataset or message does not match the contract dfp_ros expects."""
 
 
-# --- Topics (DESIGN.md §3.2); all remappable --------------------------------------------------
-# Relative names: in the root namespace they resolve to the absolute names of DESIGN.md §3.2
+# --- Topics; all remappable ------------------------------------------------------------------
+# Relative names: in the root namespace they resolve to absolute names
 # ("joint_states" -> /joint_states); under a launch `namespace` every robot gets its own set, which
 # is how several robots run side by side. /diagnostics is global by ROS convention.
 TOPIC_JOINT_STATES = "joint_states"

@@ -6,8 +6,9 @@ Defaults: the simulated robot in lock-step driven by OGBench's scripted expert (
 episode by episode on the simulator's /episode events into a LeRobot v3 dataset at `root`.
 Joystick on the simulator: teleop:=joy sim_mode:=realtime sample_on:=timer (and `ros2 run joy joy_node`).
 A real robot: sim:=false teleop:=joy|none (your own teleop publishing the command topic) sample_on:=timer,
-with a config whose collect_node section names your state, action and camera topics; camera:=realsense
-starts our realsense_node (or run realsense-ros: the topic names are the same).
+with a config whose collect_node section names your state and action topics and cameras (`camera_names`,
+`camera.<name>.topic` / `.height` / `.width`); camera:=realsense starts our realsense_node (or run
+realsense-ros: the topic names are the same).
 """
 
 from launch import LaunchDescription

@@ -11,7 +11,7 @@ import json, pathlib, sys
 
 import onnxruntime as ort
 
-from dfp_ros.latency_bench import inference_at_rate
+from dfp_ros.tools.latency_bench import inference_at_rate
 
 providers = ort.get_available_providers()
 print("onnxruntime", ort.__version__, providers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ros_graph import domain_id
 
-from dfp_ros.live_demo import run_demo
+from dfp_ros.tools.live_demo import run_demo
 
 
 def test_bundled_model_succeeds_in_lockstep_episodes_without_torch(tmp_path):

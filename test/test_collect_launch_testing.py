@@ -1,6 +1,6 @@
 """launch_testing test of collect.launch.py (sim + oracle teleop + recorder): runs only on a full ROS 2 install.
 
-`launch_testing` and `launch_ros` are not installable from PyPI (DESIGN.md §6); here this file is
+`launch_testing` and `launch_ros` are not installable from PyPI; here this file is
 skipped with that reason, and test_collect_launch.py checks the launch file statically instead.
 """
 

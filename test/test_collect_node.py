@@ -1,4 +1,4 @@
-"""collect_node as a real process fed by this test over DDS: bad input and robustness (issue 4).
+"""collect_node as a real process fed by this test over DDS: bad input and robustness.
 
 One recorder (timer sampling at 10 fps, a JointState, a camera and a Float64MultiArray command, all
 published here) goes through, in order: an episode during which the joint states stop for a while
@@ -40,8 +40,8 @@ def params(root: Path, **extra) -> dict:
     p = {"root": str(root), "repo_id": "local/robust", "fps": FPS, "sample_on": "timer", "max_age_s": MAX_AGE,
          "state_topics": ["joint_states"], "state_types": ["joint_state"],
          "joint_names": JOINTS, "action_topic": "teleop/command", "action_names": ACTIONS,
-         "camera_names": ["front"], "camera_topics": ["camera/image_raw"], "camera_heights": [H],
-         "camera_widths": [W], "episode_topic": "", "progress_period_s": 0.5, "task": "pick"}
+         "camera_names": ["front"], "camera.front.topic": "camera/image_raw", "camera.front.height": H,
+         "camera.front.width": W, "episode_topic": "", "progress_period_s": 0.5, "task": "pick"}
     p.update(extra)
     return p
 
@@ -102,6 +102,34 @@ def summary(log: str) -> dict:
     m = re.search(r"collect summary (\{.*\})", log)
     assert m, log
     return json.loads(m.group(1))
+
+
+def test_parameter_table_declares_empty_lists_by_type_and_cameras_by_name():
+    """Empty list defaults take a YAML list of names (rclpy alone would type `[]` as bytes); each camera
+    of camera_names gets camera.<name>.* parameters, its size required."""
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from dfp_ros.nodes.collect_node import PARAMS, camera_params
+    from dfp_ros.nodes.params import declare_params
+
+    rclpy.init(domain_id=domain_id(112))
+    try:
+        overrides = [Parameter("joint_names", value=JOINTS), Parameter("camera_names", value=["front"]),
+                     Parameter("camera.front.height", value=H), Parameter("camera.front.width", value=W)]
+        node = Node("collect_params", parameter_overrides=overrides)
+        p = declare_params(node, PARAMS)
+        assert p["joint_names"] == JOINTS and p["state_names"] == [] and p["action_joints"] == []
+        p = declare_params(node, camera_params(p["camera_names"]))
+        assert p == {"camera.front.topic": "camera/front/image_raw", "camera.front.compressed": False,
+                     "camera.front.height": H, "camera.front.width": W}
+        node.destroy_node()
+        node = Node("collect_params_no_size", parameter_overrides=[Parameter("camera_names", value=["side"])])
+        with pytest.raises(ValueError, match=r"camera\.side\.height"):
+            declare_params(node, camera_params(["side"]))
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()
 
 
 def test_stream_gap_sigint_and_append(tmp_path):

@@ -1,5 +1,5 @@
-"""ROS-free parts of the recorder: sampling, trigger ordering, episode control, features, the writer
-(in-process and in its own process), and the state-only oracle (issue 4)."""
+"""ROS-free parts of the recorder: sampling, trigger ordering, episode control, features, the recording
+session, the writer (in-process and in its own process), and the state-only oracle."""
 
 from __future__ import annotations
 
@@ -11,21 +11,19 @@ import time
 import numpy as np
 import pytest
 
-from dfp_ros.data.recorder import (
+from dfp_ros.data.dataset_writer import (
     IMAGE_PREFIX,
-    RECORDING,
-    STOPPED,
     DatasetWriter,
-    EpisodeControl,
     FeatureMismatch,
-    FrameSampler,
-    ProcessWriter,
-    TriggerQueue,
-    WriterInfo,
     build_features,
     check_features,
+    state_layout,
     to_frame,
 )
+from dfp_ros.data.episode_control import RECORDING, STOPPED, EpisodeControl
+from dfp_ros.data.recording_session import RecordingSession
+from dfp_ros.data.stream_sampling import FrameSampler, TriggerQueue
+from dfp_ros.data.writer_process import ProcessWriter, WriterInfo, WriterStats
 
 MS = 1_000_000
 
@@ -81,6 +79,137 @@ def test_episode_control_transitions():
     c.request("start")
     assert c.request("stop_discard")[0] == ["discard"] and c.state == STOPPED
     assert c.request("start")[0] == []
+
+
+def test_state_layout_names_each_value_and_checks_the_lists():
+    blocks, names = state_layout(["/sim/state", "joint_states"], ["float32_array", "joint_state"], [2], [],
+                                 ["j1", "j2"])
+    assert [(b.topic, b.type, b.size) for b in blocks] == [("/sim/state", "float32_array", 2),
+                                                            ("joint_states", "joint_state", 2)]
+    assert names == ["sim.state.0", "sim.state.1", "j1.pos", "j2.pos"]
+    _, names = state_layout(["a", "b"], ["float32_array", "float32_array"], [1, 2], ["x", "y", "z"], [])
+    assert names == ["x", "y", "z"]
+    for bad in ((["a"], ["float32_array", "joint_state"], [1], [], ["j"]),  # a type per topic
+                (["a"], ["image"], [1], [], []),
+                (["a", "b"], ["float32_array", "float32_array"], [1], [], []),  # a dim per float source
+                (["a"], ["joint_state"], [], [], []),  # joints to record
+                (["a"], ["float32_array"], [2], ["x"], [])):  # a name per value
+        with pytest.raises(ValueError):
+            state_layout(*bad)
+
+
+class _FakeWriter:
+    """The dataset writer's interface, recording what the session asks of it."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[dict, str]] = []
+        self.ops: list[str] = []
+        self.stats = WriterStats()
+        self.backlog = 0
+
+    def add_frame(self, frame: dict, task: str) -> bool:
+        self.frames.append((frame, task))
+        return True
+
+    def save(self) -> None:
+        self.ops.append("save")
+
+    def discard(self) -> None:
+        self.ops.append("discard")
+
+    def close(self, timeout: float | None = None) -> bool:
+        self.ops.append("close")
+        return True
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, text: str) -> None:
+        self.lines.append(text)
+
+    warning = debug = info
+
+
+def _session(writer: _FakeWriter, now: list[int], **kw) -> RecordingSession:
+    args = dict(state_topics=["s"], cameras=[], fps=10, sample_on="action", max_age_s=1.0, settle_s=0.0,
+                auto_episodes=True, max_episodes=0, start_on_first_command=False, first_episode=0, task="pick",
+                log=_Log(), clock=lambda: now[0])
+    args.update(kw)
+    return RecordingSession(writer, **args)
+
+
+def test_recording_session_pairs_each_command_with_its_state_and_follows_episode_events():
+    w, now = _FakeWriter(), [0]
+    s = _session(w, now, max_episodes=1)
+    s.on_event(5 * MS, "start")
+    s.add("state:s", 10 * MS, np.array([1.0], np.float32))
+    s.on_command(20 * MS, np.array([2.0], np.float32))
+    s.add("state:s", 30 * MS, np.array([3.0], np.float32))
+    s.on_command(40 * MS, np.array([4.0], np.float32))  # no newer state yet: waits for one
+    now[0] = 100 * MS
+    s.pump()
+    assert len(w.frames) == 1 and s.episode_frames == 1
+    frame, task = w.frames[0]
+    assert task == "pick" and frame["observation.state"].tolist() == [1.0] and frame["action"].tolist() == [2.0]
+    s.task = "place"  # for the next episode, not this one
+    s.on_event(50 * MS, "success")
+    s.pump(flush=True)
+    assert [f["action"].tolist() for f, _ in w.frames] == [[2.0], [4.0]] and w.frames[1][1] == "pick"
+    assert w.ops == ["save"] and s.finished  # max_episodes reached
+    s.count_bad("state:s", "non_finite", "NaN")
+    st = s.stats()
+    assert st["bad_messages"] == {"state:s": 1} and st["frames_sampled"] == 2
+    s.close(signalled=True, on_shutdown="discard")
+    assert w.ops == ["save", "close"]
+
+
+def test_recording_session_timer_mode_counts_stale_streams_and_keys_post_requests():
+    w, now = _FakeWriter(), [1_000 * MS]
+    s = _session(w, now, sample_on="timer", max_age_s=0.05, auto_episodes=False)
+    s.post("start")  # a key, from another thread
+    s.pump()
+    assert s.control.state == RECORDING
+    for t in range(1_000, 1_201, 10):  # 200 ms of state and commands at 100 Hz
+        s.add("state:s", t * MS, np.array([t], np.float32))
+        s.on_command(t * MS, np.array([t], np.float32))
+    now[0] = 1_200 * MS
+    s.tick()
+    assert len(w.frames) == 3  # one frame per 100 ms: at 1000, 1100 and 1200 ms
+    now[0] = 1_400 * MS  # the streams stopped: stale
+    s.tick()
+    assert len(w.frames) == 3 and s.sampler.stale["state:s"] == 2
+    assert s.request("save") == (True, "episode saved")
+    s.close(signalled=False, on_shutdown="discard")
+    assert w.ops == ["save", "close"]
+
+
+def test_terminal_keys_from_a_pipe_become_episode_requests():
+    import os
+
+    from dfp_ros.nodes.terminal_keys import KeyThread
+
+    got: list[str] = []
+    r, wfd = os.pipe()
+    keys = KeyThread(got.append, r)
+    keys.start()
+    try:
+        os.write(wfd, b" nx\x1b[Cr\x1b[D")  # x: not a key
+        deadline = time.monotonic() + 5
+        while len(got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == ["start", "next", "next", "rerecord", "rerecord"]
+        os.write(wfd, b"\x1b")  # a lone Esc
+        while len(got) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got[5:] == ["stop_save"]
+        os.close(wfd)  # end of input ends the thread
+        keys.join(timeout=2)
+        assert not keys.is_alive()
+    finally:
+        keys.stop()
+        os.close(r)
 
 
 def test_features_and_mismatch_message_names_the_feature(tmp_path):
@@ -152,7 +281,8 @@ def test_process_writer_finalizes_the_dataset_when_its_node_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, threading
         import numpy as np
-        from dfp_ros.data.recorder import ProcessWriter, build_features, to_frame
+        from dfp_ros.data.dataset_writer import build_features, to_frame
+        from dfp_ros.data.writer_process import ProcessWriter
         saved = threading.Event()
         w = ProcessWriter(dict(root={str(root)!r}, repo_id="local/t", fps=10, features=build_features(["s"], ["a"])),
                           {{}}, slots=4, on_saved=lambda *a: saved.set())

@@ -1,4 +1,4 @@
-"""Simulator + oracle teleop + collect node as three real processes over DDS (issue 4, item 1).
+"""Simulator + oracle teleop + collect node as three real processes over DDS.
 
 sim_robot_node runs lock-step (one step per command); oracle_teleop_node answers each published
 state; collect_node records one frame per command (sample_on: action) and follows the simulator's
@@ -98,7 +98,7 @@ def test_sim_oracle_collect_records_episodes_that_match_what_was_published(tmp_p
     assert "success" in [m.data for m in events.messages]  # the oracle solves the task
 
     # --- dfp train runs on it ------------------------------------------------------------------
-    from dfp_ros.cli import main
+    from dfp_ros.tools.cli import main
 
     out = tmp_path / "run"
     assert main(["train", "--root", str(root), "--output", str(out), "--steps", "3", "--hidden", "32,32",

@@ -170,6 +170,21 @@ def test_render_image() -> None:
     s.close()
 
 
+def test_fast_rendering_drops_only_shadows_and_multisampling() -> None:
+    """'fast' (the default) and 'full' show the same scene from the same camera (the background, the top
+    rows, matches), but 'full' keeps OGBench's look: shadow-mapped lights (brighter overall here)."""
+    fast, img_fast = _render_or_skip(64)
+    fast.close()
+    with CubeSim(render=True, image_size=64, render_quality="full") as full:
+        img_full = full.render()
+    assert img_fast.shape == img_full.shape == (64, 64, 3)
+    diff = np.abs(img_fast.astype(int) - img_full.astype(int)).max(axis=2)
+    assert np.median(diff[:16]) <= 2  # the same scene and camera
+    assert img_full.mean() > img_fast.mean() + 2  # rendered differently
+    with pytest.raises(ValueError, match="render_quality"):
+        CubeSim(render=True, render_quality="ultra")
+
+
 def test_render_disabled_says_how() -> None:
     with CubeSim(render=False) as s, pytest.raises(RuntimeError, match="render=True"):
         s.render()

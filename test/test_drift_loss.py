@@ -1,4 +1,4 @@
-"""Independent check of `dfp_ros.learning.drift_loss.drift_loss` against DESIGN.md §4.
+"""Independent check of `dfp_ros.learning.drift_loss.drift_loss` against the reference semantics.
 
 The reference below (`reference_drift`) is written from the eight numbered steps of §4 with plain
 Python loops in float64, without looking at tensor tricks; the function under test works in float32,
@@ -31,7 +31,7 @@ RTOL = 1e-5
 
 
 # ----------------------------------------------------------------------------------------------------
-# Slow, literal reference of DESIGN.md §4 (float64, explicit loops)
+# Slow, literal reference of the drift loss (float64, explicit loops)
 # ----------------------------------------------------------------------------------------------------
 def _softmax(values: list[float]) -> list[float]:
     m = max(values)

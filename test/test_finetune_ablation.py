@@ -1,4 +1,4 @@
-"""`dfp bench ablation` (dfp_ros.finetune_ablation): the in-process fine-tuning ablation, on a tiny budget."""
+"""`dfp bench ablation` (dfp_ros.tools.finetune_ablation): the in-process fine-tuning ablation, on a tiny budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from dfp_ros.finetune_ablation import run, run_episode
+from dfp_ros.tools.finetune_ablation import run, run_episode
 
 
 class _RandomChunks:
@@ -54,7 +54,7 @@ def test_episode_is_joined_into_chained_chunk_transitions():
 
 
 def test_ablation_runs_arms_learns_and_writes_curves(tmp_path):
-    from dfp_ros.cli import build_parser
+    from dfp_ros.tools.cli import build_parser
 
     out = tmp_path / "ablation"
     a = build_parser().parse_args([

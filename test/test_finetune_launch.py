@@ -1,4 +1,4 @@
-"""finetune.launch.py + config/finetune.yaml: static checks that run without ROS 2 `launch` (DESIGN.md §6).
+"""finetune.launch.py + config/finetune.yaml: static checks that run without ROS 2 `launch`.
 
 Everything the launch file names exists; every launch argument it uses is declared; the parameter
 file holds only parameters the nodes really declare (asked from the running nodes).

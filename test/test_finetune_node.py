@@ -1,4 +1,4 @@
-"""finetune_node over DDS with real processes: lock-step simulator + policy node + learner (issue 5).
+"""finetune_node over DDS with real processes: lock-step simulator + policy node + learner.
 
 One scenario (module-scoped graph, tests in order): transitions are joined and counted against what
 the simulator did (its own log), the learner updates, an exported model is validated and swapped

@@ -1,7 +1,7 @@
-"""finetune_node on a real-robot-like graph: JointState + camera with header stamps, `join: stamp` (issue 5).
+"""finetune_node on a real-robot-like graph: JointState + camera with header stamps, `join: stamp`.
 
 Real processes over DDS: policy_node runs a camera model (JointState proprioception + one camera,
-the observation assembler) and stamps each chunk with its observation's stamp (DESIGN.md §3.2);
+the observation assembler) and stamps each chunk with its observation's stamp (the chunk contract);
 finetune_node (`join: stamp`) assembles the same observations from the same topics and joins each
 chunk to its observation by that stamp. The robot is this test process: a lock-step robot that
 publishes a camera frame and a JointState sharing one wall-clock stamp per step, a reward per step
@@ -271,7 +271,7 @@ def test_steps_from_fps_joins_a_policy_on_a_timer_over_a_100_hz_joint_state_stre
      "must be non-empty lists of equal lengths"),
     ({"join": "causal", "steps_from": "fps"}, "steps_from: fps places chunks by their header stamps"),
     ({"join": "stamp", "state_topics": ["joint_states"], "state_types": ["joint_state"],
-      "export_weights": "fp16"}, "export_weights='fp16'; expected one of ('float32', 'int8')"),
+      "export_weights": "fp16"}, "export_weights='fp16' is not one of ('float32', 'int8')"),
 ])
 def test_a_camera_model_with_a_configuration_the_join_cannot_serve_is_refused_at_start(tmp_path, params, message):
     ckpt, _ = make_robot_checkpoint(tmp_path, STATE_NAMES, ACTIONS, camera_size=16, horizon=H)

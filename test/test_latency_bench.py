@@ -27,7 +27,7 @@ POSITIVE = ("latency_p50_ms", "latency_p99_ms", "latency_max_ms", "inference_p50
 
 
 def test_bench_latency_reports_every_figure(tmp_path) -> None:
-    cmd = [sys.executable, "-m", "dfp_ros.cli", "bench", "latency", "--duration", "2", "--warmup", "0.5",
+    cmd = [sys.executable, "-m", "dfp_ros.tools.cli", "bench", "latency", "--duration", "2", "--warmup", "0.5",
            "--work-dir", str(tmp_path), "--domain", str(domain_id(61))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -55,7 +55,7 @@ def test_bench_latency_reports_every_figure(tmp_path) -> None:
 
 
 def test_find_stalls_groups_late_chunks_and_tells_receiver_wide_ones() -> None:
-    from dfp_ros.latency_bench import find_stalls
+    from dfp_ros.tools.latency_bench import find_stalls
 
     # (arrival s, latency ms): two stalls of late chunks; only the first also held up the direct observations.
     chunks = [(0.00, 2.0), (0.30, 280.0), (0.30, 250.0), (0.30, 220.0), (0.32, 2.1), (0.90, 120.0), (0.95, 2.0)]

@@ -1,6 +1,6 @@
 """policy.launch.py: a static check that runs here, and a launch_testing test for a full ROS 2 install.
 
-`launch` / `launch_ros` are not installable from PyPI (DESIGN.md §6), so the launch file itself is
+`launch` / `launch_ros` are not installable from PyPI, so the launch file itself is
 only started where ROS 2 is installed; here we check that everything it names exists and that the
 parameter file holds only parameters the nodes really declare (asked from the running nodes).
 """

@@ -1,4 +1,4 @@
-"""The reason DFP exists: one state, several demonstrated action modes, all kept (issue 2).
+"""The reason DFP exists: one state, several demonstrated action modes, all kept.
 
 Trained and exported through the CLI, sampled through the ONNX runtime loader.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from synthetic_datasets import ACTION_NOISE, MODES, SHARES
 
-from dfp_ros.cli import main
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
+from dfp_ros.tools.cli import main
 
 SMALL = ["--hidden", "128,128,128", "--batch-size", "64", "--lr", "1e-3", "--no-progress", "--log-every", "1000"]
 

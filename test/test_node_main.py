@@ -85,3 +85,22 @@ def test_environment_chooses_only_where_the_node_lets_it(monkeypatch):
     assert executor_from_env("events") == "events"
     monkeypatch.setenv(EXECUTOR_ENV, " Single ")
     assert executor_from_env("events") == "single"
+
+
+def test_a_parameter_of_the_wrong_type_is_a_one_line_configuration_error(monkeypatch):
+    from rclpy.parameter import Parameter
+
+    from dfp_ros.nodes.node_main import CONFIG_ERROR_EXIT, run_node
+    from dfp_ros.nodes.params import Param, declare_params
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id(72)))
+    made = []
+
+    def make_node():
+        node = rclpy.create_node("node_main_config_probe", parameter_overrides=[Parameter("topic", value=3)])
+        made.append(node)
+        declare_params(node, [Param("topic", "joy", "a string parameter given an integer")])
+        return node
+
+    assert run_node(make_node, "node_main_config_probe", args=[]) == CONFIG_ERROR_EXIT
+    assert made and not rclpy.ok()

@@ -252,12 +252,13 @@ def test_compressed_jpeg_and_png():
 
 
 def test_runtime_parts_do_not_import_ros_or_torch():
-    # The ROS-free core must stay importable on a machine without ROS (DESIGN.md §2).
+    # The ROS-free core must stay importable on a machine without ROS (docs/architecture.md).
     import dfp_ros.runtime.chunk_queue as a
+    import dfp_ros.runtime.controller as d
     import dfp_ros.runtime.observation as b
     import dfp_ros.runtime.safety as c
 
-    for mod in (a, b, c):
+    for mod in (a, b, c, d):
         src = open(mod.__file__).read()
         assert "rclpy" not in src and "import torch" not in src
     assert sys.modules.get("dfp_ros.runtime.observation") is b

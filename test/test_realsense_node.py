@@ -1,4 +1,4 @@
-"""realsense_node without a camera (issue 4, item 3): a recording made with pyrealsense2's software
+"""realsense_node without a camera: a recording made with pyrealsense2's software
 device and recorder is played through the node; the test checks the topics. Also: no device ->
 a clear error and a non-zero exit.
 

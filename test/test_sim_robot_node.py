@@ -1,4 +1,4 @@
-"""sim_robot_node as a real process, driven over DDS from this test process (issue 3, item 5).
+"""sim_robot_node as a real process, driven over DDS from this test process.
 
 Three node processes, each on its own ROS domain (they all publish the same absolute topics):
 lock-step with Float64MultiArray commands (shared by several tests, in file order), lock-step with

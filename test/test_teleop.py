@@ -1,4 +1,4 @@
-"""Joystick teleoperation: the mapping (ROS-free) and joy_teleop_node over DDS (issue 4, item 2)."""
+"""Joystick teleoperation: the mapping (ROS-free) and joy_teleop_node over DDS."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from dfp_ros.cli import main
 from dfp_ros.learning.dataset import ChunkDataset, DatasetError
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
+from dfp_ros.tools.cli import main
 
 TINY = ["--hidden", "32,32", "--critic-hidden", "32,32", "--batch-size", "16", "--num-gen", "4",
         "--no-progress", "--log-every", "5"]
@@ -89,7 +89,7 @@ def test_missing_state_key_is_refused_with_the_available_features(multimodal_dat
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_ros.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "dfp_ros.tools.cli", *args], capture_output=True, text=True)
 
 
 def test_cli_user_errors_exit_nonzero_with_one_clear_line(multimodal_dataset, tmp_path):
@@ -118,11 +118,11 @@ def test_dataset_by_repo_id_from_the_local_cache(multimodal_dataset, tmp_path):
     (home / "test").mkdir(parents=True)
     (home / "test" / "multimodal").symlink_to(multimodal_dataset)
     env = {**os.environ, "HF_LEROBOT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "dfp_ros.cli", "train", "--dataset", "test/multimodal", "--output",
+    r = subprocess.run([sys.executable, "-m", "dfp_ros.tools.cli", "train", "--dataset", "test/multimodal", "--output",
                         str(tmp_path / "run"), "--steps", "2", *TINY], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "2000 frames, 200 episodes" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "dfp_ros.cli", "train", "--dataset", "test/absent", "--output",
+    r = subprocess.run([sys.executable, "-m", "dfp_ros.tools.cli", "train", "--dataset", "test/absent", "--output",
                         str(tmp_path / "run2"), "--steps", "2"], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "not in the local LeRobot cache" in r.stderr and "Traceback" not in r.stderr
     assert not (home / "test" / "absent").exists()  # nothing created in the user's cache

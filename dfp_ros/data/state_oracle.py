@@ -104,17 +104,7 @@ class StateOracle:
     def _plan(self, state: np.ndarray, info: dict[str, Any], ok: list[bool]) -> None:
         off = [i for i, good in enumerate(ok) if not good]
         self._target = off[0] if off else 0
+        from dfp_ros.sim.cube_env import aim_planner  # loaded with CubeSim in __init__ already
+
         pos, yaw = self.targets[self._target]
-        goal = dict(info)
-        goal["privileged/target_task"] = "cube"
-        goal["privileged/target_block"] = self._target
-        goal["privileged/target_block_pos"] = pos
-        goal["privileged/target_block_yaw"] = np.array([yaw])
-        # The planner samples keyframes and noise from numpy's global RNG: swap a private stream in.
-        saved = np.random.get_state()
-        np.random.set_state(self._rng_state)
-        try:
-            self._planner.reset(state, goal)
-        finally:
-            self._rng_state = np.random.get_state()
-            np.random.set_state(saved)
+        self._rng_state = aim_planner(self._planner, self._target, pos, yaw, state, info, self._rng_state)

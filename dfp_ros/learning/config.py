@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # The reference uses a single temperature (0.1). With it, samples collapse between far-apart
-# action modes (DESIGN.md §4); wider kernels keep the repulsion between generated samples alive,
+# action modes (docs/architecture.md, "Algorithm"); wider kernels keep the repulsion between generated samples alive,
 # so every mode keeps its share. test_multimodality checks this default.
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2, 0.5, 1.0)
 

@@ -1,6 +1,6 @@
 """Chunk critic (Q-chunking style): an ensemble of LayerNorm MLPs on (observation, action chunk).
 
-Target for a chunk of H actions (DESIGN.md §4):
+Target for a chunk of H actions (chunked n-step TD, as in Q-chunking):
     y = sum_{i<H} gamma^i r_i + gamma^H * mask * mean_ensemble Q_target(s', a'),
 with a' the best of N samples of the actor under the current critic.
 """

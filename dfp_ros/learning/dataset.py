@@ -17,7 +17,7 @@ import torch
 
 from dfp_ros.contracts import CameraSpec, ContractError, StateSpec
 
-# Reading must never reach for the network (DESIGN.md §6).
+# Reading must never reach for the network: robots and CI machines are often offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

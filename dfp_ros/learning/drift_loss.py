@@ -1,9 +1,20 @@
-"""The drift loss of Drifting Field Policy, with the reference semantics (DESIGN.md §4).
+"""The drift loss of Drifting Field Policy, with the reference semantics (docs/architecture.md, "Algorithm").
 
 For each state, G generated samples are pulled towards positives and pushed away from negatives
 (the generated samples themselves plus optional extra negatives) by a kernel-weighted force.
 The network is regressed onto `x + force` with the goal's gradient stopped, so gradient flows only
 through the generated samples.
+
+The steps, per state (all temperatures at once):
+1. distances from each generated sample x to every target (generated, negatives, positives);
+2. one scale for the batch: the weighted mean distance; coordinates and distances normalised by it;
+3. a sample never acts on itself (its self-distance is pushed far away);
+4. logits -dist / T per temperature T;
+5. affinity = sqrt(softmax over targets * softmax over samples), weighted by the targets' weights;
+6. force = attraction to positives (weighted by the total affinity to negatives) minus repulsion
+   from negatives (weighted by the total affinity to positives);
+7. each temperature's force normalised to unit RMS, then summed;
+8. loss = mean squared distance between x and the stopped goal x + force.
 """
 
 from __future__ import annotations
@@ -76,7 +87,7 @@ def drift_loss(
 
 def _drift_core(gen: torch.Tensor, neg: torch.Tensor, pos: torch.Tensor, w: torch.Tensor,
                 temperatures: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DESIGN.md §4 steps 1-8 on validated float32 inputs; returns (loss [B], force_rms [T], nearest_pos)."""
+    """Steps 1-8 of the module docstring on validated float32 inputs; returns (loss [B], force_rms [T], nearest_pos)."""
     _, G, D = gen.shape
     x = gen.detach()
     targets = torch.cat([x, neg, pos], dim=1)  # [B, targets, D]

@@ -1,4 +1,4 @@
-"""Export a trained DFPModel to the ONNX contract of DESIGN.md §3.1, and prove parity.
+"""Export a trained DFPModel to the ONNX contract (dfp_ros.contracts), and prove parity.
 
 The graph takes raw observations and caller-sampled noise, and returns raw-unit action chunks for
 N candidates (plus `q` and the argmax-Q chunk `best` when the critic is included). After writing,

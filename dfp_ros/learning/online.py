@@ -1,4 +1,4 @@
-"""The online DFP update (DESIGN.md §4, "Online fine-tuning"), ROS-free.
+"""The online DFP update (docs/architecture.md, "Online fine-tuning"), ROS-free.
 
 One update on a replay batch:
 1. From the old policy — an EMA of the actor (tau 1e-4), reset to the actor when fine-tuning
@@ -37,7 +37,7 @@ LEARNER_STATE_VERSION = 1
 
 @dataclass
 class OnlineConfig:
-    """Hyper-parameters of the online update; defaults are the reference's (DESIGN.md §4)."""
+    """Hyper-parameters of the online update; defaults are the reference implementation's."""
 
     num_candidates: int = 16  # N: chunks drawn from the EMA policy per state
     top_k: int = 4  # K: the highest-Q of them become positives

@@ -15,7 +15,7 @@ publisher sent a header-less message (the finetune node passes DDS source timest
   `next_images`). The first observation given for a stamp is kept: with parts that share one stamp
   (a robot stamping its joints and camera frame alike) every later combination under that stamp
   mixes in an older part.
-- Chunks, two ways: by stamp (DESIGN.md §3.2: the chunk's `header.stamp` is its observation's stamp;
+- Chunks, two ways: by stamp (the contract: a chunk's `header.stamp` is its observation's stamp;
   exact match or "chunk_without_observation"), or causally (lock-step: the newest observation
   published before the chunk; two chunks on one observation are "ambiguous_chunk").
 - Rewards: step i's reward is the one stamped in (o_i, o_{i+1}] (the last step: up to the end event).

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import rclpy
 from rclpy.context import Context
+from rclpy.exceptions import ParameterException
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
@@ -49,24 +50,6 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def open_monitor(name: str, domain_id: int) -> tuple[Node, Executor]:
-    """A node of this process's own (its own context, a single-threaded executor), for tools that watch a
-    graph they started: the live demo and the benchmarks. Close it with close_monitor()."""
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    node = rclpy.create_node(name, context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    return node, executor
-
-
-def close_monitor(node: Node, executor: Executor) -> None:
-    context = node.context
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
 
 
 def executor_from_env(default: str) -> str:
@@ -98,7 +81,8 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
     """Run one node to its end on the `executor` kind (see make_executor); returns the process exit code.
 
     `config_errors` raised while constructing the node are user errors: logged as one FATAL line
-    (`describe_error` may reword it and choose the exit code; default: the message, exit 2).
+    (`describe_error` may reword it and choose the exit code; default: the message, exit 2). A parameter
+    rclpy refuses (a value of the wrong type) is one too, whatever `config_errors` says.
     `close(node, signalled)` runs before the node is destroyed and may return a non-zero exit code.
     """
     dropped = drop_inherited_realtime()  # before any thread exists, so none inherits it
@@ -115,7 +99,7 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
         try:
             spinner, fallback = make_executor(executor)
             node = make_node()
-        except config_errors as err:
+        except (*config_errors, ParameterException) as err:
             message, rc = describe_error(err) if describe_error else (str(err), CONFIG_ERROR_EXIT)
             logger.fatal(message)
         else:

@@ -22,11 +22,7 @@ commands between episodes anyway). The episode subscription is created first, so
 state that are ready together are handled in that order (rclpy's executor takes ready subscriptions
 in creation order).
 
-Parameters: env_name, task_id (the sim's task), seed, noise, smoothing, state_topic, command_topic,
-episode_topic ('' = plan from the first state only, re-planning whenever the plan runs out),
-max_episodes (0 = forever; exit 0 after that many episode ends), wait_for_subscribers (act only once
-that many subscriptions match the command topic: the robot, and the recorder when one is used, so
-no command of a recorded episode is lost to a late-matched subscriber).
+Parameters: the table `PARAMS` below (read at start).
 """
 
 from __future__ import annotations
@@ -35,46 +31,47 @@ import sys
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
 
 from dfp_ros import contracts
 from dfp_ros.data.state_oracle import StateOracle
+from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import run_node
+from dfp_ros.nodes.params import Param, declare_params
 
 NODE_NAME = "oracle_teleop_node"
-# Volatile: a controller answers each state once, so a late joiner must not be handed the simulator's
-# lock-step history (it would step the simulation once per old state); a lock-step simulator republishes
-# its current state while nobody answers, which is how a late joiner gets it.
-_STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-_COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-_EVENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
-
-def _source_ns(info: dict | None) -> int:
-    """The publisher's timestamp of a message (rmw message info), 0 when unknown."""
-    return int((info or {}).get("source_timestamp") or 0)
+PARAMS: list[Param] = [
+    Param("env_name", "cube-single-v0", "the simulator's OGBench environment"),
+    Param("task_id", 1, "the simulator's OGBench task", low=1, high=5),
+    Param("seed", 0, "seed of the plan noise"),
+    Param("noise", 0.1, "OGBench plan noise", low=0.0),
+    Param("smoothing", 0.5, "noise smoothing sigma, steps", low=0.0),
+    Param("state_topic", contracts.TOPIC_SIM_STATE, "the simulator's state (std_msgs/Float32MultiArray)"),
+    Param("command_topic", contracts.TOPIC_POLICY_COMMAND, "commands out (std_msgs/Float64MultiArray)"),
+    Param("episode_topic", contracts.TOPIC_EPISODE, "episode events; '' = plan from the first state only, "
+                                                    "re-planning whenever the plan runs out"),
+    Param("max_episodes", 0, "exit 0 after this many episode ends; 0 = run forever", low=0),
+    Param("wait_for_subscribers", 1, "act only once this many subscribers (robot, recorder, ...) listen to the "
+                                     "commands, so no command of a recorded episode is lost", low=0),
+]
+# States and commands: reliable and volatile. A controller answers each state once, so a late joiner
+# must not be handed the simulator's lock-step history (it would step the simulation once per old
+# state); a lock-step simulator republishes its current state while nobody answers, which is how a
+# late joiner gets it.
+_RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
 class OracleTeleopNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        d = self.declare_parameter
-        env_name = d("env_name", "cube-single-v0").value
-        task_id = d("task_id", 1).value
-        seed = d("seed", 0).value
-        noise = d("noise", 0.1, ParameterDescriptor(description="OGBench plan noise")).value
-        smoothing = d("smoothing", 0.5, ParameterDescriptor(description="noise smoothing sigma, steps")).value
-        state_topic = d("state_topic", contracts.TOPIC_SIM_STATE).value
-        command_topic = d("command_topic", contracts.TOPIC_POLICY_COMMAND).value
-        episode_topic = d("episode_topic", contracts.TOPIC_EPISODE).value
-        self.max_episodes = d("max_episodes", 0).value
-        self.wait_for = d("wait_for_subscribers", 1, ParameterDescriptor(
-            description="act only once this many subscribers (robot, recorder, ...) listen to the commands")).value
-
-        self.oracle = StateOracle(env_name, task_id=task_id, noise=noise, smoothing=smoothing, seed=seed)
+        p = declare_params(self, PARAMS)
+        self.max_episodes = p["max_episodes"]
+        self.wait_for = p["wait_for_subscribers"]
+        self.oracle = StateOracle(p["env_name"], task_id=p["task_id"], noise=p["noise"], smoothing=p["smoothing"],
+                                  seed=p["seed"])
         self.commands = 0
         self.episodes_ended = 0
         self.bad = 0
@@ -82,14 +79,14 @@ class OracleTeleopNode(Node):
         self._active = True  # between an episode's end and the next start: send nothing
         self._held: tuple[int, np.ndarray] | None = None  # a state that came while inactive
 
-        self.pub = self.create_publisher(Float64MultiArray, command_topic, _COMMAND_QOS)
-        if episode_topic:
-            self.create_subscription(String, episode_topic, self._on_episode, _EVENTS)
-        self.create_subscription(Float32MultiArray, state_topic, self._on_state, _STATE_QOS)
+        self.pub = self.create_publisher(Float64MultiArray, p["command_topic"], _RELIABLE)
+        if p["episode_topic"]:
+            self.create_subscription(String, p["episode_topic"], self._on_episode, ros_io.EVENTS)
+        self.create_subscription(Float32MultiArray, p["state_topic"], self._on_state, _RELIABLE)
         self._ready = False
         self.create_timer(0.05, self._check_ready)
-        self.get_logger().info(f"oracle for {env_name} task {task_id} (noise {noise}, smoothing {smoothing}, "
-                               f"seed {seed}): {state_topic} -> {self.pub.topic_name}")
+        self.get_logger().info(f"oracle for {p['env_name']} task {p['task_id']} (noise {p['noise']}, smoothing "
+                               f"{p['smoothing']}, seed {p['seed']}): {p['state_topic']} -> {self.pub.topic_name}")
 
     def _on_episode(self, msg: String, info: dict) -> None:
         if msg.data == "start":
@@ -97,7 +94,7 @@ class OracleTeleopNode(Node):
             self._active = True
             held, self._held = self._held, None
             # The episode's first state was handled before this event: answer it now (lock-step waits).
-            if held is not None and held[0] >= _source_ns(info):
+            if held is not None and held[0] >= ros_io.sent_ns(info):
                 self._act(held[1])
         elif msg.data in ("success", "failure", "timeout"):
             self._active = False
@@ -111,7 +108,7 @@ class OracleTeleopNode(Node):
             return
         state = np.frombuffer(msg.data, dtype=np.float32).copy() if len(msg.data) else np.zeros(0, np.float32)
         if not self._active or not self._ready:
-            self._held = (_source_ns(info), state)
+            self._held = (ros_io.sent_ns(info), state)
             return
         self._act(state)
 

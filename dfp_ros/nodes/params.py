@@ -37,6 +37,8 @@ class Param:
 
     def check(self, value: Any) -> str | None:
         """Why `value` is not acceptable for this parameter (None when it is)."""
+        if isinstance(self.default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{self.name}={value!r} must be a number"
         if self.choices and value not in self.choices:
             return f"{self.name}={value!r} is not one of {self.choices}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -65,8 +67,10 @@ def declare_params(node: Node, table: Iterable[Param], defaults: dict[str, Any] 
         default = defaults.get(p.name, p.default)
         if default is None:
             raise ValueError(f"parameter {p.name} has no default; the node must compute one")
-        descriptor = ParameterDescriptor(description=p.description, read_only=not p.runtime)
-        value = _coerce(p, node.declare_parameter(p.name, default, descriptor).value)
+        # A float parameter takes integers too (`rate_hz:=10`, YAML `10`): rclpy would refuse their type.
+        descriptor = ParameterDescriptor(description=p.description, read_only=not p.runtime,
+                                         dynamic_typing=isinstance(p.default, float))
+        value = _coerce(p, _declare(node, p.name, default, descriptor))
         why = p.check(value)
         if why:
             raise ValueError(f"parameter {why}")
@@ -111,6 +115,28 @@ def param_table_markdown(table: Iterable[Param]) -> str:
     rows = ["| parameter | default | at run time | description |", "| --- | --- | --- | --- |"]
     for p in table:
         default = p.default_text or ("" if p.default is None else repr(p.default))
-        choices = " (" + " \\| ".join(map(str, p.choices)) + ")" if p.choices else ""
-        rows.append(f"| `{p.name}` | {default} | {'yes' if p.runtime else 'no'} | {p.description}{choices} |")
+        choices = " (" + " | ".join(map(str, p.choices)) + ")" if p.choices else ""
+        text = (p.description + ("" if p.choices and "|" in p.description else choices)).replace("|", "\\|")
+        rows.append(f"| `{p.name}` | {default} | {'yes' if p.runtime else 'no'} | {text} |")
     return "\n".join(rows) + "\n"
+
+
+class EmptyList(list):
+    """An empty list default that knows its element type: rclpy types a plain `[]` as a byte array,
+    and a YAML list of strings or numbers would then be refused."""
+
+    def __init__(self, item_type: type) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+
+def _declare(node: Node, name: str, default: Any, descriptor: ParameterDescriptor) -> Any:
+    """Declare one parameter and return its value; an EmptyList default is declared by type."""
+    if not isinstance(default, EmptyList):
+        return node.declare_parameter(name, default, descriptor).value
+    from rclpy.parameter import Parameter
+
+    kinds = {str: Parameter.Type.STRING_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
+             float: Parameter.Type.DOUBLE_ARRAY, bool: Parameter.Type.BOOL_ARRAY}
+    value = node.declare_parameter(name, kinds[default.item_type], descriptor).value
+    return [] if value is None else list(value)

@@ -15,12 +15,7 @@ Frame ids are `<camera_name>_color_optical_frame` / `<camera_name>_depth_optical
 CameraInfo carry the same stamp: the ROS clock when the frameset arrived (`timestamp_source: ros`),
 or the frame's own timestamp (`frame`: the device's or the recording's clock, in ms).
 
-Parameters (read at start): serial_no ('' = the only / first device), playback_file (a .bag or, for
-recordings made with librealsense >= 2.58, a rosbag2 .db3: played instead of a device), loop_playback,
-color_width / color_height / color_fps, enable_depth, align_depth, depth_width / depth_height /
-depth_fps, camera_namespace, camera_name, timestamp_source, frame_timeout_s (no frames for this long:
-the device is considered gone), reconnect_period_s, wait_for_device (false: exit with an error when
-no device is connected at start; true: wait for one).
+Parameters: the table `PARAMS` below (read at start).
 
 Errors: no device at start (or not the one with serial_no) -> a fatal log naming the connected
 serial numbers and exit code 1; a missing playback file -> exit code 1. A device that stops
@@ -32,7 +27,6 @@ The capture loop runs on its own thread (wait_for_frames blocks); publishing fro
 
 from __future__ import annotations
 
-import array
 import os
 import sys
 import threading
@@ -42,13 +36,35 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 
+from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import run_node
+from dfp_ros.nodes.params import Param, declare_params
 
 NODE_NAME = "realsense_node"
 TIMESTAMP_SOURCES = ("ros", "frame")
+
+PARAMS: list[Param] = [
+    Param("serial_no", "", "the device's serial number; '' = the only / first device"),
+    Param("playback_file", "", "a .bag, or (librealsense >= 2.58) rosbag2 .db3, recording played instead of a device"),
+    Param("loop_playback", True, "play the recording again at its end; false: end the node (code 0)"),
+    Param("color_width", 640, "colour stream width", low=1),
+    Param("color_height", 480, "colour stream height", low=1),
+    Param("color_fps", 30, "colour stream frame rate", low=1),
+    Param("enable_depth", False, "also publish depth (16UC1, mm)"),
+    Param("align_depth", True, "depth aligned to the colour image (aligned_depth_to_color/...)"),
+    Param("depth_width", 640, "depth stream width", low=1),
+    Param("depth_height", 480, "depth stream height", low=1),
+    Param("depth_fps", 30, "depth stream frame rate", low=1),
+    Param("camera_namespace", "camera", "topic prefix, as realsense-ros"),
+    Param("camera_name", "camera", "second topic prefix and frame id prefix, as realsense-ros"),
+    Param("timestamp_source", "ros", "ros: the ROS clock when the frameset arrived; frame: the frame's own "
+                                     "timestamp (the device's or the recording's clock)", choices=TIMESTAMP_SOURCES),
+    Param("frame_timeout_s", 2.0, "no frames for this long: the device is considered gone", low=0.0),
+    Param("reconnect_period_s", 1.0, "time between reconnect attempts", low=0.0),
+    Param("wait_for_device", False, "false: exit with an error when no device is connected at start; true: wait"),
+]
 
 
 class DeviceError(RuntimeError):
@@ -70,38 +86,22 @@ def camera_info_from_intrinsics(intr: Any, frame_id: str) -> CameraInfo:
     return info
 
 
-def image_msg(data: np.ndarray, encoding: str, frame_id: str) -> Image:
-    msg = Image()
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = int(data.shape[0]), int(data.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(data.strides[0])
-    buf = array.array("B")
-    buf.frombytes(np.ascontiguousarray(data).tobytes())  # bytes -> array: no per-element checks
-    msg.data = buf
-    return msg
-
-
 class RealSenseNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        d = self.declare_parameter
-        self.serial = str(d("serial_no", "").value)
-        self.playback_file = d("playback_file", "").value
-        self.loop = d("loop_playback", True).value
-        self.color = (d("color_width", 640).value, d("color_height", 480).value, d("color_fps", 30).value)
-        self.enable_depth = d("enable_depth", False).value
-        self.align_depth = d("align_depth", True).value
-        self.depth = (d("depth_width", 640).value, d("depth_height", 480).value, d("depth_fps", 30).value)
-        ns = d("camera_namespace", "camera").value
-        name = d("camera_name", "camera").value
-        self.ts_source = d("timestamp_source", "ros").value
-        self.frame_timeout_s = d("frame_timeout_s", 2.0).value
-        self.reconnect_period_s = d("reconnect_period_s", 1.0).value
-        self.wait_for_device = d("wait_for_device", False).value
-        if self.ts_source not in TIMESTAMP_SOURCES:
-            raise ValueError(f"timestamp_source={self.ts_source!r} is not one of {TIMESTAMP_SOURCES}")
+        p = declare_params(self, PARAMS)
+        self.serial = p["serial_no"]
+        self.playback_file = p["playback_file"]
+        self.loop = p["loop_playback"]
+        self.color = (p["color_width"], p["color_height"], p["color_fps"])
+        self.enable_depth = p["enable_depth"]
+        self.align_depth = p["align_depth"]
+        self.depth = (p["depth_width"], p["depth_height"], p["depth_fps"])
+        ns, name = p["camera_namespace"], p["camera_name"]
+        self.ts_source = p["timestamp_source"]
+        self.frame_timeout_s = p["frame_timeout_s"]
+        self.reconnect_period_s = p["reconnect_period_s"]
+        self.wait_for_device = p["wait_for_device"]
         if self.playback_file and not os.path.isfile(self.playback_file):
             raise DeviceError(f"playback_file {self.playback_file!r} does not exist")
 
@@ -233,10 +233,10 @@ class RealSenseNode(Node):
         self._last_numbers[key] = n
         return True
 
-    def _stamp(self, frame: Any) -> Any:
+    def _stamp(self, frame: Any) -> int:
         if self.ts_source == "frame":
-            return Time(nanoseconds=round(frame.get_timestamp() * 1e6)).to_msg()
-        return self.get_clock().now().to_msg()
+            return round(frame.get_timestamp() * 1e6)  # ms -> ns
+        return self.get_clock().now().nanoseconds
 
     def _publish(self, frames: Any) -> None:
         if self._align is not None:
@@ -244,10 +244,9 @@ class RealSenseNode(Node):
         color = frames.get_color_frame()
         if color and self._new("color", color):
             stamp = self._stamp(color)
-            img = image_msg(np.asanyarray(color.get_data()), "rgb8", self.color_frame)
-            img.header.stamp = stamp
+            img = ros_io.image_message(np.asanyarray(color.get_data()), "rgb8", self.color_frame, stamp)
             info = self._info["color"]
-            info.header.stamp = stamp
+            ros_io.set_stamp(info.header.stamp, stamp)
             self.pub_color.publish(img)
             self.pub_color_info.publish(info)
             self.published += 1
@@ -257,10 +256,9 @@ class RealSenseNode(Node):
         if depth and self._new("depth", depth):
             stamp = self._stamp(depth)
             frame_id = self.color_frame if self._align is not None else self.depth_frame
-            img = image_msg(np.asanyarray(depth.get_data()), "16UC1", frame_id)
-            img.header.stamp = stamp
+            img = ros_io.image_message(np.asanyarray(depth.get_data()), "16UC1", frame_id, stamp)
             info = self._info["color" if self._align is not None else "depth"]
-            info.header.stamp = stamp
+            ros_io.set_stamp(info.header.stamp, stamp)
             self.pub_depth.publish(img)
             self.pub_depth_info.publish(info)
 

@@ -59,6 +59,12 @@ def set_stamp(stamp: Any, ns: int) -> None:
     stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
 
 
+def sent_ns(info: dict | None) -> int:
+    """When the publisher sent a message (rmw message info's DDS source timestamp, ns); 0 when unknown.
+    Header-less messages (rewards, episode events, Float32MultiArray states) are placed by it."""
+    return int((info or {}).get("source_timestamp") or 0)
+
+
 def duration(seconds: float) -> Duration:
     ns = round(seconds * 1e9)
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
@@ -232,3 +238,14 @@ def camera_topics(meta: ModelMetadata, values: dict[str, Any]) -> dict[str, tupl
     """camera name -> (topic, compressed) from the camera.* parameters."""
     return {c.name: (str(values[f"camera.{c.name}.topic"]), bool(values[f"camera.{c.name}.compressed"]))
             for c in meta.cameras}
+
+
+def image_message(pixels: np.ndarray, encoding: str, frame_id: str, stamp: int) -> Image:
+    """A sensor_msgs/Image of `pixels` ([h, w] or [h, w, c], row-major) in `encoding` (rgb8, 16UC1, ...)."""
+    msg = Image(height=int(pixels.shape[0]), width=int(pixels.shape[1]), encoding=encoding, is_bigendian=0,
+                step=int(pixels.strides[0]) if pixels.flags.c_contiguous else pixels[0].nbytes)
+    msg.header.frame_id = frame_id
+    set_stamp(msg.header.stamp, stamp)
+    # bytes -> array('B'): the message's type check passes at once, not element by element.
+    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
+    return msg

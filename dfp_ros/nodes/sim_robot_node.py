@@ -1,33 +1,10 @@
 """`sim_robot_node`: the embedded default robot, a thin ROS 2 shell over `dfp_ros.sim.cube_env.CubeSim`.
 
 An OGBench cube scene (UR5e + Robotiq gripper in MuJoCo) that looks like a robot on the ROS graph.
-All simulation lives in CubeSim; this module only turns messages into arrays and back, and owns
-parameters, timers and QoS (DESIGN.md §2).
+All simulation lives in CubeSim; this module owns parameters, timers and QoS, and turns messages
+into arrays and back through `dfp_ros.nodes.ros_io` (see docs/architecture.md).
 
-Parameters (read-only, declared at start):
-  env_name (str, "cube-single-v0"), task_id (int, 1), seed (int, 0)   which OGBench task, seeded
-  mode (str, "realtime" | "lockstep")                                  how the simulation is stepped
-  rate_hz (float, 20.0)             realtime: wall-clock step rate
-  camera_rate_hz (float, 0.0)       rendered camera frames per second (0 = no camera); realtime: a
-                                    wall-clock timer, lockstep: per simulated second. Software EGL
-                                    takes ~0.1-0.15 s a frame and blocks stepping meanwhile, so keep it low.
-  image_size (int, 96)              square camera image size in pixels
-  command_topic (str, contracts.TOPIC_POLICY_COMMAND)
-  command_type (str, "float64_array" | "joint_trajectory" | "joint_state")   the per-tick command
-                                    form (DESIGN.md §3.2): Float64MultiArray with the 5 action values,
-                                    a one-point JointTrajectory whose joint_names are the action names,
-                                    or a JointState with name = action names and position = values.
-                                    Names may come in any order; empty names mean "in action order".
-  max_episodes (int, 0)             0 = run forever; else exit (code 0) after that many episodes
-  hold_on_missing_command (bool, true)
-                                    realtime: when no fresh command arrived since the last tick, step
-                                    with a zero action ("hold": the actions are end-effector deltas, so
-                                    zero keeps the arm where it is); false = do not step that tick.
-                                    Before the very first command the simulation waits (it does not
-                                    run episodes out on holds while no policy is connected).
-  lockstep_republish_s (float, 1.0) lockstep: if no command arrives for this long, publish the current
-                                    observation again (same stamp), so a policy that missed one cannot
-                                    deadlock the loop; 0 = never.
+Parameters: the table `PARAMS` below (all read at start; docs/parameters.md lists them).
 
 Stepping:
   realtime  a steady-clock timer at rate_hz steps once with the newest command not yet used (each
@@ -54,9 +31,12 @@ delivery; a late transient-local reader then gets up to 1000 past observations (
 so controllers (which answer every state) subscribe volatile and get the current one from the republish
 while nobody answers (`lockstep_republish_s`).
 
-Bad commands (wrong length, NaN/inf, unknown or missing names, not one trajectory point) are dropped
-and counted with a throttled warning; they never step the simulation. On shutdown, or when
-max_episodes is reached, the node logs "episodes N, successes K, success rate X" and exits 0.
+Commands: Float64MultiArray with the action values in order, a one-point JointTrajectory whose
+joint_names are the action names, or a JointState with name = action names and position = values
+(names in any order, extra names ignored; empty names mean "in action order"). Bad commands (wrong
+length, NaN/inf, missing names, not one trajectory point) are dropped and counted per kind with a
+throttled warning; they never step the simulation. On shutdown, or when max_episodes is reached,
+the node logs "episodes N, successes K, success rate X" and exits 0.
 """
 
 from __future__ import annotations
@@ -64,11 +44,11 @@ from __future__ import annotations
 import array
 import json
 import sys
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -76,31 +56,47 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, Float64MultiArray, MultiArrayDimension, String
-from trajectory_msgs.msg import JointTrajectory
+from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
 
 from dfp_ros import contracts
+from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import run_node
+from dfp_ros.nodes.params import Param, declare_params
 from dfp_ros.sim.cube_env import CubeSim
 
-TOPIC_STATE_NAMES = contracts.TOPIC_SIM_STATE_NAMES
 TOPIC_CLOCK = "/clock"  # fixed by ROS (use_sim_time listens here), so not a contract of ours
 
 MODES = ("realtime", "lockstep")
-COMMAND_TYPES = {"float64_array": Float64MultiArray, "joint_trajectory": JointTrajectory, "joint_state": JointState}
 
-# Latest value matters and late joiners need it now: reliable + transient local, depth 1.
-_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Lock-step observations: latched too, but a reliable KEEP_LAST writer drops a step a passive reader (the
+PARAMS: list[Param] = [
+    Param("env_name", "cube-single-v0", "OGBench state-based cube environment"),
+    Param("task_id", 1, "OGBench task", low=1, high=5),
+    Param("seed", 0, "seed of the first reset"),
+    Param("mode", "realtime", "realtime: a wall-clock timer steps with the newest command; lockstep: one step "
+                              "per command, simulated time on /clock", choices=MODES),
+    Param("rate_hz", 20.0, "realtime: wall-clock step rate (> 0)"),
+    Param("camera_rate_hz", 0.0, "rendered camera frames per second, 0 = no camera (realtime: wall clock, "
+                                 "lockstep: per simulated second); software EGL blocks stepping ~0.1 s a frame",
+          low=0.0),
+    Param("image_size", 96, "square camera image size in pixels", low=1),
+    Param("command_topic", contracts.TOPIC_POLICY_COMMAND, "per-tick command topic"),
+    Param("command_type", "float64_array", "the per-tick command message", choices=ros_io.COMMAND_TYPES),
+    Param("max_episodes", 0, "exit (code 0) after this many episodes; 0 = run forever", low=0),
+    Param("hold_on_missing_command", True, "realtime: step a zero action (hold) when no fresh command arrived "
+                                           "since the last tick; false = do not step that tick"),
+    Param("lockstep_republish_s", 1.0, "lockstep: republish the current observation (same stamp) after this long "
+                                       "without a command, so a policy that missed one cannot deadlock; 0 = never",
+          low=0.0),
+]
+
+# Lock-step observations: latched, but a reliable KEEP_LAST writer drops a step a passive reader (the
 # learner, a recorder) has not acknowledged once `depth` newer ones exist, and the controller keeps the
 # simulation stepping at ~600 steps/s. DDS delivery to one process was measured to pause for ~300 ms now
-# and then (README, Performance): 1000 steps (~1.6 s) ride that out; 100 did not.
-LOCKSTEP_DEPTH = 1000
+# and then (README, Performance): 1000 steps (~1.6 s) ride that out; 100 did not. Rewards and episode
+# events (ros_io.EVENTS) keep as many.
+LOCKSTEP_DEPTH = ros_io.EVENTS.depth
 _LOCKSTEP_STATES = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Every message matters (counted by evaluators, joined by the learner): one reward per lock-step step.
-_EVENTS = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.VOLATILE)
 # ros2_control's controllers subscribe commands reliably; lock-step must not lose one.
 _COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
@@ -109,35 +105,11 @@ _WARN_THROTTLE_S = 2.0
 
 def _floats32(values: np.ndarray) -> array.array:
     # Message float arrays are array.array; building one from bytes skips per-element type checks.
-    out = array.array("f")
-    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
-    return out
+    return array.array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
 
 
 def _floats64(values: np.ndarray) -> array.array:
-    out = array.array("d")
-    out.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-    return out
-
-
-class BadCommand(ValueError):
-    """A command message that cannot be turned into an action; it is dropped, never stepped."""
-
-
-def action_from_names(names: list[str], values: Any, action_names: list[str]) -> np.ndarray:
-    """Order `values` by `names` into `action_names` order (empty names = already in that order)."""
-    vals = np.asarray(values, dtype=np.float64)
-    if not names:
-        return vals
-    if len(names) != len(vals):
-        raise BadCommand(f"{len(names)} names but {len(vals)} values")
-    unknown = sorted(set(names) - set(action_names))
-    missing = [n for n in action_names if n not in names]
-    if unknown or missing or len(set(names)) != len(names):
-        raise BadCommand(f"names {list(names)} do not match the action names {action_names}"
-                         f" (unknown {unknown}, missing {missing})")
-    index = {n: i for i, n in enumerate(names)}
-    return vals[[index[n] for n in action_names]]
+    return array.array("d", np.ascontiguousarray(values, dtype=np.float64).tobytes())
 
 
 class SimRobotNode(Node):
@@ -145,7 +117,9 @@ class SimRobotNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("sim_robot_node", **kwargs)
-        p = self._declare_parameters()
+        p = declare_params(self, PARAMS)
+        if not p["rate_hz"] > 0:
+            raise ValueError(f"parameter rate_hz must be > 0, got {p['rate_hz']}")
         self.mode: str = p["mode"]
         self.max_episodes: int = p["max_episodes"]
         self.hold_on_missing: bool = p["hold_on_missing_command"]
@@ -160,7 +134,7 @@ class SimRobotNode(Node):
         self.episodes = 0
         self.successes = 0
         self.total_steps = 0
-        self.dropped = 0
+        self.dropped: Counter[str] = Counter()  # bad commands per ObservationError kind
         self.holds = 0
         self.superseded = 0
         self.finished = False  # max_episodes reached: main() stops spinning
@@ -171,18 +145,19 @@ class SimRobotNode(Node):
         self._last_obs: tuple[np.ndarray, Time] | None = None  # for re-publishing without a step
 
         # Publishers.
-        states_qos = _LOCKSTEP_STATES if self.mode == "lockstep" else _LATCHED
+        states_qos = _LOCKSTEP_STATES if self.mode == "lockstep" else ros_io.LATCHED
         self.pub_joints = self.create_publisher(JointState, contracts.TOPIC_JOINT_STATES, states_qos)
         self.pub_state = self.create_publisher(Float32MultiArray, contracts.TOPIC_SIM_STATE, states_qos)
-        self.pub_state_names = self.create_publisher(String, TOPIC_STATE_NAMES, _LATCHED)
-        self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, _EVENTS)
-        self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, _EVENTS)
+        self.pub_state_names = self.create_publisher(String, contracts.TOPIC_SIM_STATE_NAMES, ros_io.LATCHED)
+        self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, ros_io.EVENTS)
+        self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, ros_io.EVENTS)
         self.pub_image = (self.create_publisher(Image, contracts.TOPIC_SIM_CAMERA, qos_profile_sensor_data)
                           if self._camera_ok else None)
-        self.pub_clock = self.create_publisher(ClockMsg, TOPIC_CLOCK, _LATCHED) if self.mode == "lockstep" else None
+        self.pub_clock = (self.create_publisher(ClockMsg, TOPIC_CLOCK, ros_io.LATCHED)
+                          if self.mode == "lockstep" else None)
 
         self.sub_command = self.create_subscription(
-            COMMAND_TYPES[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
+            ros_io.COMMAND_MSG[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
 
         # Timers run on the steady clock: realtime means wall time whatever use_sim_time says.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -212,71 +187,16 @@ class SimRobotNode(Node):
             self.pub_clock.publish(ClockMsg(clock=self._stamp().to_msg()))
         self._start_episode(self.sim.reset())
 
-    # --- parameters ---------------------------------------------------------------------------
-    def _declare_parameters(self) -> dict[str, Any]:
-        specs: list[tuple[str, Any, str]] = [
-            ("env_name", "cube-single-v0", "OGBench state-based cube environment"),
-            ("task_id", 1, "OGBench task 1..5"),
-            ("seed", 0, "seed of the first reset"),
-            ("mode", "realtime", "realtime (wall-clock timer) or lockstep (one step per command, /clock)"),
-            ("rate_hz", 20.0, "realtime step rate"),
-            ("camera_rate_hz", 0.0, "camera frames per second; 0 = no camera"),
-            ("image_size", 96, "square camera image size in pixels"),
-            ("command_topic", contracts.TOPIC_POLICY_COMMAND, "per-tick command topic"),
-            ("command_type", "float64_array", "float64_array, joint_trajectory or joint_state"),
-            ("max_episodes", 0, "exit after this many episodes; 0 = run forever"),
-            ("hold_on_missing_command", True, "realtime: step a zero action when no fresh command arrived"),
-            ("lockstep_republish_s", 1.0, "lockstep: republish the observation after this long without a "
-                                          "command; 0 = never"),
-        ]
-        values: dict[str, Any] = {}
-        for name, default, description in specs:
-            # Rates may be written as integers (`rate_hz:=10`, YAML `10`): accept them for float parameters.
-            is_float = isinstance(default, float)
-            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True,
-                                                                      dynamic_typing=is_float))
-            value = self.get_parameter(name).value
-            if is_float:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"parameter {name}={value!r} must be a number")
-                value = float(value)
-            values[name] = value
-        # Reject bad values at start, with the allowed ones named.
-        if values["mode"] not in MODES:
-            raise ValueError(f"parameter mode={values['mode']!r}; expected one of {MODES}")
-        if values["command_type"] not in COMMAND_TYPES:
-            raise ValueError(f"parameter command_type={values['command_type']!r}; "
-                             f"expected one of {tuple(COMMAND_TYPES)}")
-        if not values["rate_hz"] > 0:
-            raise ValueError(f"parameter rate_hz must be > 0, got {values['rate_hz']}")
-        for name in ("camera_rate_hz", "max_episodes", "lockstep_republish_s"):
-            if values[name] < 0:
-                raise ValueError(f"parameter {name} must be >= 0, got {values[name]}")
-        return values
-
     # --- commands -------------------------------------------------------------------------------
-    def _to_action(self, msg: Any) -> np.ndarray:
-        if isinstance(msg, Float64MultiArray):
-            values = np.asarray(msg.data, dtype=np.float64)
-        elif isinstance(msg, JointTrajectory):
-            if len(msg.points) != 1:
-                raise BadCommand(f"a JointTrajectory command must hold one point, got {len(msg.points)}")
-            values = action_from_names(list(msg.joint_names), msg.points[0].positions, self.action_names)
-        else:
-            values = action_from_names(list(msg.name), msg.position, self.action_names)
-        try:
-            return self.sim.check_action(values)  # length and finiteness, with the expected shape named
-        except ValueError as err:
-            raise BadCommand(str(err)) from None
-
     def _on_command(self, msg: Any) -> None:
         if self.finished:
             return
         try:
-            action = self._to_action(msg)
-        except BadCommand as err:
-            self.dropped += 1
-            self.get_logger().warning(f"dropped command #{self.dropped}: {err}", throttle_duration_sec=_WARN_THROTTLE_S)
+            action = self.sim.check_action(ros_io.command_values(msg, self.action_names))
+        except ros_io.ObservationError as err:
+            self.dropped[err.kind] += 1
+            self.get_logger().warning(f"dropped command #{self.dropped.total()} ({err.kind}): {err}",
+                                      throttle_duration_sec=_WARN_THROTTLE_S)
             return
         self._last_command_time = self._steady.now()
         if not self._got_command:
@@ -409,8 +329,9 @@ class SimRobotNode(Node):
     # --- end ---------------------------------------------------------------------------------------
     def summary(self) -> str:
         rate = f"{self.successes / self.episodes:.3f}" if self.episodes else "n/a"
+        kinds = f" ({', '.join(f'{k} {n}' for k, n in sorted(self.dropped.items()))})" if self.dropped else ""
         return (f"episodes {self.episodes}, successes {self.successes}, success rate {rate}; "
-                f"steps {self.total_steps}, dropped commands {self.dropped}, holds {self.holds}, "
+                f"steps {self.total_steps}, dropped commands {self.dropped.total()}{kinds}, holds {self.holds}, "
                 f"superseded commands {self.superseded}")
 
     def flush(self, timeout_s: float = 0.25) -> None:

@@ -1,4 +1,4 @@
-"""The action queue a policy node executes at control rate (no ROS; DESIGN.md §2).
+"""The action queue a policy node executes at control rate (no ROS).
 
 A chunk [H, A] computed from an observation stamped `t` starts at `t`: action i is meant for the
 i-th control tick after the observation. By the time inference finishes some of those ticks may

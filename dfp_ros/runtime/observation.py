@@ -1,4 +1,4 @@
-"""Assemble a model's input from the newest message of each source (no ROS; DESIGN.md §2, §3.2).
+"""Assemble a model's input from the newest message of each source (no ROS).
 
 The node turns messages into plain arrays and calls the `put_*` methods; each validates the message
 and raises `ObservationError` (with a `kind` the node counts under) instead of storing a bad one, so

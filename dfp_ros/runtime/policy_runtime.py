@@ -1,4 +1,4 @@
-"""Run an exported DFP model with ONNX Runtime — no torch (DESIGN.md §2, §3.1).
+"""Run an exported DFP model with ONNX Runtime — no torch.
 
 `PolicyRuntime` opens a model file, checks that its inputs, outputs and metadata are the contract
 this dfp_ros understands (refusing it with the difference named otherwise), and turns an

@@ -1,4 +1,4 @@
-"""The last gate before a command reaches the robot (no ROS; DESIGN.md §2).
+"""The last gate before a command reaches the robot (no ROS).
 
 `SafetyFilter.filter` turns the action a control tick wants to send into the command to publish,
 or None for "publish nothing". In order:

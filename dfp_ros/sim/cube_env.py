@@ -82,6 +82,7 @@ _prefer_egl()
 
 # These must come after _prefer_egl(): they read MUJOCO_GL when imported.
 import gymnasium  # noqa: E402
+import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import ogbench.manipspace  # noqa: E402, F401  (registers the cube-* gymnasium ids)
 from ogbench.manipspace import lie  # noqa: E402
@@ -89,6 +90,11 @@ from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle  # noqa: E4
 
 # OGBench's relative end-effector action, in its own order (ManipSpaceEnv docstring).
 ACTION_NAMES = ("effector_dx", "effector_dy", "effector_dz", "effector_dyaw", "gripper_delta")
+
+# Off-screen rendering with software GL (llvmpipe, the usual case without a GPU): "full" is OGBench's
+# look; "fast" drops shadows and multisampling (96x96 on 2 busy cores: ~95 -> ~15 ms per frame; what
+# is left is the arm's ~130k-triangle visual meshes, whatever the image size).
+RENDER_QUALITIES = ("fast", "full")
 
 # A cube counts as placed within this distance of its target (CubeEnv._compute_successes).
 _CUBE_SUCCESS_RADIUS = 0.04
@@ -119,6 +125,7 @@ class CubeSim:
         seed: int = 0,
         render: bool = False,
         image_size: int = 96,
+        render_quality: str = "fast",
     ) -> None:
         if not env_name.startswith("cube-"):
             # Visual variants observe pixels instead of state, and other scenes have other layouts.
@@ -133,6 +140,9 @@ class CubeSim:
             raise ValueError(f"task_id must be in 1..5 (OGBench defines five tasks per scene), got {task_id}")
         if image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if render_quality not in RENDER_QUALITIES:
+            raise ValueError(f"render_quality must be one of {RENDER_QUALITIES}, got {render_quality!r}")
+        self.render_quality = render_quality
         self.env_name = env_name
         self.task_id = int(task_id)
         self.env_id = single_task_env_id(env_name, task_id)
@@ -301,6 +311,13 @@ class CubeSim:
             raise RuntimeError(_RENDER_HELP.format(err="EGL could not start here and there is no display",
                                                    gl=os.environ.get("MUJOCO_GL")))
         try:
+            if self._u._renderer is None and self.render_quality == "fast":
+                # Read when the GL context is made: no multisampling (4x in OGBench's model).
+                self._u._model.vis.quality.offsamples = 0
+                self._u._initialize_renderer()
+            if self.render_quality == "fast":
+                # A 4096-pixel shadow map per light costs most of a software-rendered frame.
+                self._u._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             img = self._u.render()  # OGBench's 'front' camera for state-based envs
         except Exception as err:  # GL failures surface as many types (ImportError, FatalError, ...)
             raise RuntimeError(_RENDER_HELP.format(err=err, gl=os.environ.get("MUJOCO_GL"))) from err
@@ -338,6 +355,30 @@ class CubeSim:
         if len(names) != self._state_dim:
             return [f"state_{i}" for i in range(self._state_dim)]
         return names
+
+
+def aim_planner(planner: CubePlanOracle, target: int, pos: np.ndarray, yaw: float, obs: np.ndarray | None,
+                info: dict[str, Any], rng_state: Any) -> Any:
+    """Plan OGBench's cube planner towards cube `target` at (`pos`, `yaw`); returns the new `rng_state`.
+
+    The planner reads its goal from `privileged/target_block*` keys that OGBench only fills in its
+    data-collection mode, so they are added here. It samples keyframes and noise from numpy's global
+    RNG: the caller's private stream is swapped in meanwhile, so runs are reproducible from a seed
+    and the caller's global RNG is left untouched.
+    """
+    goal_info = dict(info)
+    goal_info["privileged/target_task"] = "cube"
+    goal_info["privileged/target_block"] = target
+    goal_info["privileged/target_block_pos"] = pos
+    goal_info["privileged/target_block_yaw"] = np.array([yaw])
+    saved = np.random.get_state()
+    np.random.set_state(rng_state)
+    try:
+        planner.reset(obs, goal_info)
+    finally:
+        rng_state = np.random.get_state()
+        np.random.set_state(saved)
+    return rng_state
 
 
 class CubeOracle:
@@ -390,17 +431,4 @@ class CubeOracle:
         off_target = [i for i, ok in enumerate(self._sim.cube_successes()) if not ok]
         self._target = off_target[0] if off_target else 0
         pos, yaw = self._sim.cube_target(self._target)
-        goal_info = dict(info)
-        goal_info["privileged/target_task"] = "cube"
-        goal_info["privileged/target_block"] = self._target
-        goal_info["privileged/target_block_pos"] = pos
-        goal_info["privileged/target_block_yaw"] = np.array([yaw])
-        # Swap our stream in for numpy's global one while the planner samples its keyframes and
-        # noise, so runs are reproducible from `seed` and callers' global RNG is left untouched.
-        saved = np.random.get_state()
-        np.random.set_state(self._rng_state)
-        try:
-            self._planner.reset(obs, goal_info)
-        finally:
-            self._rng_state = np.random.get_state()
-            np.random.set_state(saved)
+        self._rng_state = aim_planner(self._planner, self._target, pos, yaw, obs, info, self._rng_state)

@@ -1,6 +1,6 @@
 """`dfp bench finetune`: does on-robot fine-tuning improve a weak policy? Measured through the ROS graph.
 
-1. A deliberately weak BC policy: a few oracle demonstrations (with rewards) -> `dfp train --critic`
+1. A deliberately weak BC policy: a few oracle demonstrations (with rewards) -> BC + critic training
    for few steps (the critic is pre-trained offline on the same data, as the reference does).
 2. Success before: >= 50 evaluation episodes (seeds `eval_seed`..), best-of-N with the critic,
    whole chunks executed — the exported ONNX model through the runtime the robot uses.
@@ -15,44 +15,28 @@ Prints progress, a summary, and a JSON line last; the learning curve is in WORK/
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dfp_ros.live_demo import node_command, stop_process
+from dfp_ros.tools.bench_main import run_and_report, standalone_main
+from dfp_ros.tools.graph import GraphMonitor, NodeProcess, domain_or_inherited, graph_env, start_node, stop
+from dfp_ros.tools.weak_bc import (
+    DEFAULT_WORK_DIR,
+    TRAIN_SEED,
+    add_learner_arguments,
+    add_weak_bc_arguments,
+    cpu_seconds,
+    evaluate_model,
+    export_model,
+    prepare_weak_bc,
+)
 
-EVAL_SEED = 100_000
-TRAIN_SEED = 1_000
-DEFAULT_WORK_DIR = "outputs/bench_finetune"
-
-
-def add_weak_bc_arguments(p: argparse.ArgumentParser) -> None:
-    """The weak BC starting point and its evaluation (shared with `dfp bench ablation`)."""
-    p.add_argument("--demos", type=int, default=20, help="oracle demonstrations for the weak BC policy")
-    p.add_argument("--bc-steps", type=int, default=500, help="offline BC (+ critic) training steps")
-    p.add_argument("--hidden", default="256,256,256", help="actor and critic MLP widths")
-    p.add_argument("--eval-episodes", type=int, default=50)
-    p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
-    p.add_argument("--task-id", type=int, default=1)
-
-
-def add_learner_arguments(p: argparse.ArgumentParser) -> None:
-    """Online learner settings shared with `dfp bench ablation` (which sweeps --top-k / --lam itself)."""
-    p.add_argument("--warmup-steps", type=int, default=2000)
-    p.add_argument("--updates-per-step", type=float, default=0.5)
-    # 64, not the reference's 256: the learner then keeps up with the simulator on 2 CPU cores.
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-candidates", type=int, default=16)
-    p.add_argument("--export-every", type=int, default=500, help="learner updates between models swapped in")
+EPISODE_ENDS = ("success", "timeout", "failure")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,71 +57,13 @@ def _log(msg: str) -> None:
     print(f"[bench finetune] {msg}", flush=True)
 
 
-def evaluate_model(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, Any]:
-    """Success over `episodes` seeded episodes, best-of-N through the runtime the robot uses."""
-    from dfp_ros.runtime.policy_runtime import PolicyRuntime
-    from dfp_ros.sim.evaluate import evaluate
-
-    rt = PolicyRuntime(model, device="cpu")
-    rng = np.random.default_rng(seed)
-    res = evaluate(lambda s: rt.act(s, None, rng).chunk, episodes, task_id=task_id, seed=seed)
-    return {**res, "model_sha256": rt.sha256}
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (user + system)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def export_model(ckpt: Path, out: Path, num_candidates: int) -> Path:
-    """`dfp export` of a checkpoint with its critic (best-of-`num_candidates`), as the robot gets it."""
-    from dfp_ros.cli import main as dfp
-
-    if dfp(["export", str(ckpt), str(out), "--num-samples", str(num_candidates)]) != 0:
-        raise RuntimeError(f"dfp export of {ckpt} failed")
-    return out
-
-
-def prepare_weak_bc(work: Path, demos: int, bc_steps: int, hidden: str, task_id: int,
-                    log: Callable[[str], None] = _log) -> tuple[Path, Path]:
-    """A deliberately weak BC policy + critic: (dataset folder, checkpoint folder) under `work`.
-
-    `demos` oracle demonstrations (with rewards) -> `dfp train --critic` for `bc_steps` steps. What is
-    already in `work` is reused, so several benchmarks can start from the very same policy.
-    """
-    from dfp_ros.cli import main as dfp
-    from dfp_ros.sim.oracle_demos import collect_oracle_dataset
-
-    data, run_dir = work / "dataset", work / "bc"
-    if not (data / "meta" / "info.json").is_file():
-        if data.exists():
-            shutil.rmtree(data)
-        s = collect_oracle_dataset(data, "dfp_ros/bench_finetune_demos", demos, task_id=task_id, seed=0,
-                                   progress=False)
-        log(f"{s.episodes} oracle demonstrations ({s.successes} successful, {s.frames} frames)")
-    ckpt = run_dir / "checkpoints" / "last"
-    if not (ckpt / "config.json").is_file():
-        log(f"weak BC policy + critic: {bc_steps} steps, hidden {hidden}")
-        rc = dfp(["train", "--root", str(data), "--output", str(run_dir), "--steps", str(bc_steps), "--critic",
-                  "--hidden", hidden, "--critic-hidden", hidden, "--batch-size", "256", "--no-progress",
-                  "--log-every", "250", "--checkpoint-every", str(bc_steps)])
-        if rc != 0:
-            raise RuntimeError("dfp train failed")
-    return data, ckpt
-
-
 def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argparse.Namespace) -> dict[str, Any]:
     """sim + policy + learner as separate processes for `a.minutes`; returns what the graph did."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
-    from dfp_ros.live_demo import demo_env
-    from dfp_ros.nodes.node_main import close_monitor, open_monitor
-
-    env = demo_env(a.domain)
+    env = graph_env(domain_or_inherited(a.domain))
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out = work / "finetune"
@@ -147,7 +73,8 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
                "checkpoint_every": a.export_every, "torch_threads": 1, "pace_robot": a.pace}
     sim = {"mode": "lockstep", "seed": TRAIN_SEED, "task_id": a.task_id}
     policy = {"model_path": str(model), "enabled": True, "trigger": "observation", "seed": TRAIN_SEED}
-    node, ex = open_monitor("bench_finetune_monitor", int(env["ROS_DOMAIN_ID"]))
+    monitor = GraphMonitor("bench_finetune_monitor", env).open()
+    node, ex = monitor.node, monitor.executor
     events: list[str] = []
     diag: dict[str, dict[str, str]] = {}
     rates: list[float] = []
@@ -163,23 +90,23 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
     node.create_subscription(String, "/episode", lambda m: events.append(m.data),
                              QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
-    files = {n: open(logs / f"{n}.log", "a") for n in ("finetune_node", "sim_robot_node", "policy_node")}
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, NodeProcess] = {}
+
+    def start(name: str, params: dict[str, Any]) -> None:
+        procs[name] = start_node(f"dfp_ros.nodes.{name}", params, env, log_path=logs / f"{name}.log", append=True)
+
     t0 = time.monotonic()
     try:
-        procs["finetune_node"] = subprocess.Popen(node_command("dfp_ros.nodes.finetune_node", learner), env=env,
-                                                  stdout=files["finetune_node"], stderr=subprocess.STDOUT)
+        start("finetune_node", learner)
         while "finetune_node" not in diag:
             ex.spin_once(timeout_sec=0.2)
             if procs["finetune_node"].poll() is not None or time.monotonic() - t0 > 120:
                 raise RuntimeError(f"finetune_node did not come up; see {logs / 'finetune_node.log'}")
-        procs["sim_robot_node"] = subprocess.Popen(node_command("dfp_ros.nodes.sim_robot_node", sim), env=env,
-                                                   stdout=files["sim_robot_node"], stderr=subprocess.STDOUT)
+        start("sim_robot_node", sim)
         while node.count_publishers("/episode") < 1:
             ex.spin_once(timeout_sec=0.1)
         ex.spin_once(timeout_sec=0.5)
-        procs["policy_node"] = subprocess.Popen(node_command("dfp_ros.nodes.policy_node", policy), env=env,
-                                                stdout=files["policy_node"], stderr=subprocess.STDOUT)
+        start("policy_node", policy)
         t_start = time.monotonic()
         next_report = t_start + 30
         while time.monotonic() - t_start < a.minutes * 60:
@@ -190,7 +117,7 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
             if time.monotonic() >= next_report:
                 next_report += 30
                 f = diag.get("finetune_node", {})
-                done = [e for e in events if e in ("success", "timeout", "failure")]
+                done = [e for e in events if e in EPISODE_ENDS]
                 last = done[-20:]
                 _log(f"{(time.monotonic() - t_start) / 60:.1f} min: episodes {len(done)}, success (last 20) "
                      f"{last.count('success')}/{len(last)}, env steps {f.get('env_steps', '?')}, updates "
@@ -198,11 +125,9 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
                      f"{f.get('critic_loss', '?')}, control rate {rates[-1] if rates else float('nan'):.0f} Hz")
         wall = time.monotonic() - t_start
     finally:
-        codes = {n: stop_process(p, timeout=60.0) for n, p in reversed(list(procs.items()))}
-        for f in files.values():
-            f.close()
-        close_monitor(node, ex)
-    done = [e for e in events if e in ("success", "timeout", "failure")]
+        codes = {n: stop(p, timeout=60.0) for n, p in reversed(list(procs.items()))}
+        monitor.close()
+    done = [e for e in events if e in EPISODE_ENDS]
     f = diag.get("finetune_node", {})
     running = [r for r in rates if r > 0]
     return {"wall_s": round(wall, 1), "episodes": len(done), "successes": done.count("success"),
@@ -252,26 +177,20 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def summary(r: dict[str, Any]) -> str:
+    return (f"success {r['before_success']:.0%} -> {r['after_success']:.0%} ({r['improvement_points']:+.0f} points) "
+            f"over {r['eval_episodes']} episodes; {r['online_env_steps']} online env steps, {r['updates']} updates "
+            f"({r['updates_per_s']}/s) in {r['minutes']:g} min; control rate min {r['control_rate_min_hz']:.0f} Hz; "
+            f"curve {r['curve_png']}")
+
+
 def run_from_args(a: argparse.Namespace) -> int:
-    try:
-        r = run(a)
-    except (RuntimeError, OSError) as e:
-        print(f"dfp bench finetune: error: {e}", file=sys.stderr)
-        return 1
-    print(f"success {r['before_success']:.0%} -> {r['after_success']:.0%} ({r['improvement_points']:+.0f} points) "
-          f"over {r['eval_episodes']} episodes; {r['online_env_steps']} online env steps, {r['updates']} updates "
-          f"({r['updates_per_s']}/s) in {r['minutes']:g} min; control rate min {r['control_rate_min_hz']:.0f} Hz; "
-          f"curve {r['curve_png']}")
-    print(json.dumps(r))
-    return 0
+    return run_and_report("finetune", run, a, summary)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfp_ros.finetune_bench", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+    return standalone_main("python -m dfp_ros.tools.finetune_bench", __doc__, add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

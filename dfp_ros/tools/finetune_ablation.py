@@ -1,11 +1,11 @@
 """`dfp bench ablation`: success rate versus environment steps for BC only, DFP fine-tuning and its top-K ablation.
 
-Issue 5 asks for the paper's ablation shape (BC only; DFP with N = 16, K = 4; K in {1, 2, 8}). Through
+The paper's ablation shape (BC only; DFP with N = 16, K = 4; K in {1, 2, 8}). Through
 the ROS graph (`dfp bench finetune`) one run takes 20 minutes on two cores, so this benchmark runs
 the very same learning components in one process, without ROS, and evaluates periodically:
 
 - start: the weak BC policy + critic of `dfp bench finetune` (`prepare_weak_bc`: oracle demos ->
-  `dfp train --critic`), by default the same folder, so both benchmarks start from one checkpoint;
+  BC + critic training), by default the same folder, so both benchmarks start from one checkpoint;
 - learner: `OnlineLearner.load(checkpoint, OnlineConfig(...))` with the arm's K and lambda, its
   replay a `ReplayBuffer` seeded with the demonstrations (uniform over offline + online, as the
   finetune node's learner loop does);
@@ -55,16 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dfp_ros.finetune_bench import (
-    DEFAULT_WORK_DIR,
-    TRAIN_SEED,
-    add_learner_arguments,
-    add_weak_bc_arguments,
-    cpu_seconds,
-    evaluate_model,
-    export_model,
-    prepare_weak_bc,
-)
+from dfp_ros.tools import weak_bc
+from dfp_ros.tools.bench_main import BENCH_ERRORS, run_and_report, standalone_main
 
 if TYPE_CHECKING:
     from dfp_ros.learning.dataset import ChunkDataset
@@ -125,7 +117,7 @@ def _seeds(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="outputs/ablation", help="curves.csv, finetune_ablation.png, summary.json")
-    p.add_argument("--bc-dir", default=DEFAULT_WORK_DIR,
+    p.add_argument("--bc-dir", default=weak_bc.DEFAULT_WORK_DIR,
                    help="where the weak BC policy lives (made there if missing): by default the folder of "
                         "`dfp bench finetune`, so both benchmarks start from the same checkpoint")
     p.add_argument("--arms", type=_arms, default=DEFAULT_ARMS,
@@ -133,8 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_seeds, default="0", help="run seeds (training env seeds, acting noise, learner)")
     p.add_argument("--env-steps", type=int, default=25_000, help="online environment steps per fine-tuning run")
     p.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")
-    add_weak_bc_arguments(p)
-    add_learner_arguments(p)
+    weak_bc.add_weak_bc_arguments(p)
+    weak_bc.add_learner_arguments(p)
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (leave cores to others)")
     p.add_argument("--time-limit-min", type=float, default=0.0,
                    help="do not start a run that would likely end past this many minutes from the start "
@@ -250,7 +242,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
     meta = learner.model.meta
     replay = ReplayBuffer(meta.state_dim, meta.horizon, meta.action_dim, offline=setup.offline)
     joiner = TransitionJoiner(meta.horizon, robot=f"{arm.key}_s{seed}", reward_mode="per_step")
-    train_seed = TRAIN_SEED + seed * SEED_STRIDE
+    train_seed = weak_bc.TRAIN_SEED + seed * SEED_STRIDE
     act_rng = np.random.default_rng(train_seed)  # the policy node's noise seed is its sim's seed, too
     snapshot = setup.models / f"{arm.key}_s{seed}_acting.onnx"
     runtime = _runtime(learner, snapshot, a.num_candidates)
@@ -291,7 +283,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                 label = a.env_steps if env_steps >= a.env_steps else passed[-1]
                 pending = [c for c in pending if c > env_steps]
                 model = _export(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
-                ev = evaluate_model(model, a.eval_episodes, a.task_id, a.eval_seed)
+                ev = weak_bc.evaluate_model(model, a.eval_episodes, a.task_id, a.eval_seed)
                 res.rows.append(row(label, ev["success_rate"]))
             on_steps(rec.steps, {"arm": arm.key, "seed": seed, "updates": learner.updates,
                                  "recent": float(np.mean(recent)),
@@ -371,11 +363,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, a.torch_threads))
     out = Path(a.out_dir)
     (out / "models").mkdir(parents=True, exist_ok=True)
-    cpu0, t0 = cpu_seconds(), time.monotonic()
-    data, ckpt = prepare_weak_bc(Path(a.bc_dir), a.demos, a.bc_steps, a.hidden, a.task_id, _log)
-    before_model = export_model(ckpt, out / "models" / "before.onnx", a.num_candidates)
+    cpu0, t0 = weak_bc.cpu_seconds(), time.monotonic()
+    data, ckpt = weak_bc.prepare_weak_bc(Path(a.bc_dir), a.demos, a.bc_steps, a.hidden, a.task_id, _log)
+    before_model = weak_bc.export_model(ckpt, out / "models" / "before.onnx", a.num_candidates)
     _log(f"evaluating the BC policy: {a.eval_episodes} episodes, seeds {a.eval_seed}..")
-    before = evaluate_model(before_model, a.eval_episodes, a.task_id, a.eval_seed)["success_rate"]
+    before = weak_bc.evaluate_model(before_model, a.eval_episodes, a.task_id, a.eval_seed)["success_rate"]
     _log(f"BC policy: success {before:.0%}")
     meta = load_checkpoint(ckpt)[0].meta
     # Loaded once: every run's replay is seeded with the same (read-only) demonstrations.
@@ -426,40 +418,39 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "before_success": before, "arms": summarize(results), "skipped": skipped,
         "env_steps_per_run": a.env_steps, "eval_every": a.eval_every, "eval_episodes": a.eval_episodes,
         "eval_seeds": [a.eval_seed, a.eval_seed + a.eval_episodes - 1], "seeds": a.seeds,
-        "train_seeds_from": [TRAIN_SEED + s * SEED_STRIDE for s in a.seeds], "task_id": a.task_id,
+        "train_seeds_from": [weak_bc.TRAIN_SEED + s * SEED_STRIDE for s in a.seeds], "task_id": a.task_id,
         "demos": a.demos, "bc_steps": a.bc_steps, "hidden": a.hidden, "checkpoint": str(ckpt),
         "warmup_steps": a.warmup_steps, "updates_per_step": a.updates_per_step, "batch_size": a.batch_size,
         "num_candidates": a.num_candidates, "export_every": a.export_every,
         "torch_threads": a.torch_threads, "run_wall_s": [r.wall_s for r in results if r.arm.finetune],
-        "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(cpu_seconds() - cpu0, 1), "cpus": os.cpu_count(),
+        "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(weak_bc.cpu_seconds() - cpu0, 1),
+        "cpus": os.cpu_count(),
         "csv": str(out / "curves.csv"), "png": [str(p) for p in pngs],
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def run_from_args(a: argparse.Namespace) -> int:
-    try:
-        r = run(a)
-    except (RuntimeError, OSError, ValueError) as e:
-        print(f"dfp bench ablation: error: {e}", file=sys.stderr)
-        return 1
+def summary(r: dict[str, Any]) -> str:
+    lines = []
     for arm in r["arms"].values():
         finals = ", ".join(f"{v:.0%}" for v in arm["final_per_seed"])
-        print(f"{arm['label']:<26} seeds {arm['seeds']}: {r['before_success']:.0%} -> {arm['final_mean']:.0%} "
-              f"(per seed {finals})")
-    print(f"{r['env_steps_per_run']} env steps per run, {r['eval_episodes']} eval episodes per point; "
-          f"wall {r['wall_s'] / 60:.1f} min, CPU {r['cpu_s'] / 60:.1f} min; curves {r['csv']}, plot {r['png'][-1]}")
-    print(json.dumps(r))
-    return 0
+        lines.append(f"{arm['label']:<26} seeds {arm['seeds']}: {r['before_success']:.0%} -> {arm['final_mean']:.0%} "
+                     f"(per seed {finals})")
+    lines.append(f"{r['env_steps_per_run']} env steps per run, {r['eval_episodes']} eval episodes per point; "
+                 f"wall {r['wall_s'] / 60:.1f} min, CPU {r['cpu_s'] / 60:.1f} min; curves {r['csv']}, "
+                 f"plot {r['png'][-1]}")
+    return "\n".join(lines)
+
+
+def run_from_args(a: argparse.Namespace) -> int:
+    return run_and_report("ablation", run, a, summary, errors=(*BENCH_ERRORS, ValueError))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfp_ros.finetune_ablation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
+    return standalone_main("python -m dfp_ros.tools.finetune_ablation", __doc__, add_arguments, run_from_args, argv,
+                           formatter=argparse.RawDescriptionHelpFormatter)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

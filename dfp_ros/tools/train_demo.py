@@ -1,6 +1,7 @@
 """The whole offline pipeline on the simulated robot, in one command.
 
-OGBench's scripted expert -> a LeRobot dataset -> `dfp train` -> `dfp export` -> success rate of the
+OGBench's scripted expert -> a LeRobot dataset -> training (as `dfp train`) -> ONNX export (as `dfp export`)
+-> success rate of the
 exported ONNX model in the simulator (through the same runtime loader the robot uses). With
 `--bundle PATH` the exported model is also copied there: this is how models/cube_single.onnx is made.
 """
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from dfp_ros.contracts import ContractError
+from dfp_ros.tools.arg_types import int_list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dfp_ros.train_demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dfp_ros.tools.train_demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output", default="outputs/train_demo", help="work folder (dataset, run, model)")
     p.add_argument("--task-id", type=int, default=1, help="cube-single task")
@@ -37,7 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from dfp_ros.cli import main as dfp
+    from dfp_ros.learning.config import ModelConfig, TrainConfig
+    from dfp_ros.learning.export import export_onnx
+    from dfp_ros.learning.model import load_checkpoint
+    from dfp_ros.learning.trainer import Trainer
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
     from dfp_ros.sim.evaluate import evaluate
     from dfp_ros.sim.oracle_demos import collect_oracle_dataset
@@ -55,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"[1/4] reusing dataset {data}")
     t1 = time.perf_counter()
-    train = ["train", "--root", str(data), "--output", str(run), "--steps", str(a.steps), "--hidden", a.hidden,
-             "--seed", str(a.seed), "--log-every", "250", "--checkpoint-every", "1000", "--resume"]
-    if a.critic:
-        train.append("--critic")
+    cfg = TrainConfig(root=str(data), output=str(run), steps=a.steps, seed=a.seed, log_every=250,
+                      checkpoint_every=1000)
     print("[2/4] training (progress bar below; curves in", run / "curves.png", ")")
-    if dfp(train) != 0:
-        return 1
+    Trainer(cfg, ModelConfig(actor_hidden=int_list(a.hidden), use_critic=a.critic), resume=True).run()
     t2 = time.perf_counter()
     print("[3/4] exporting")
-    if dfp(["export", str(run / "checkpoints" / "last"), str(model)]) != 0:
-        return 1
+    # As `dfp export` does by default: the last checkpoint, best-of-16 with a critic, else one sample.
+    trained, _ = load_checkpoint(run / "checkpoints" / "last")
+    with_critic = trained.critic is not None
+    exported = export_onnx(trained, model, num_samples=16 if with_critic else 1, with_critic=with_critic)
+    print(f"exported {exported['path']}; ONNX Runtime vs torch max abs error {exported['max_abs_error']:.2e}")
     rt = PolicyRuntime(model)
     rng = np.random.default_rng(a.seed)
     print(f"[4/4] evaluating the ONNX model for {a.eval_episodes} episodes (whole chunks executed)")

@@ -12,47 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from dfp_ros import contracts
+from dfp_ros.tools.graph import GraphMonitor, NodeProcess, domain_or_inherited, graph_env, start_node, stop
 
-REPO_MODEL = Path(__file__).resolve().parents[1] / "models" / "cube_single.onnx"
-
-
-def demo_env(domain: int | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    if domain is not None:
-        env["ROS_DOMAIN_ID"] = str(domain)
-    elif "ROS_DOMAIN_ID" not in env:
-        env["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def node_command(module: str, params: dict[str, object]) -> list[str]:
-    """`python -m module --ros-args -p k:=v ...` for a node process."""
-    cmd = [sys.executable, "-m", module, "--ros-args"]
-    for k, v in params.items():
-        text = ("true" if v else "false") if isinstance(v, bool) else str(v)
-        cmd += ["-p", f"{k}:={text}"]
-    return cmd
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    """SIGINT (a clean rclpy shutdown), SIGKILL after `timeout`; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+REPO_MODEL = Path(__file__).resolve().parents[2] / "models" / "cube_single.onnx"
+EPISODE_ENDS = ("success", "failure", "timeout")
 
 
 def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = None, task_id: int = 1, seed: int = 0,
@@ -64,9 +33,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
     from std_msgs.msg import String
     from tqdm import tqdm
 
-    from dfp_ros.nodes.node_main import close_monitor, open_monitor
-
-    env = demo_env(domain)
+    env = graph_env(domain_or_inherited(domain))
     log_dir = Path(log_dir or "outputs/live_demo")
     log_dir.mkdir(parents=True, exist_ok=True)
     model = str(model or REPO_MODEL)
@@ -75,7 +42,8 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
     policy_params = {"model_path": model, "enabled": True, "seed": seed,
                      "trigger": "observation" if lockstep else "timer"}
 
-    node, executor = open_monitor("live_demo_monitor", int(env["ROS_DOMAIN_ID"]))
+    monitor = GraphMonitor("live_demo_monitor", env).open()
+    node, executor = monitor.node, monitor.executor
     events: list[str] = []
     diag: dict[str, str] = {}
 
@@ -90,26 +58,25 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, on_diag, 10)
 
-    logs = {name: open(log_dir / f"{name}.log", "w") for name in ("sim_robot_node", "policy_node")}
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, NodeProcess] = {}
     t0 = time.monotonic()
     bar = tqdm(total=episodes, desc=f"live demo ({mode})", unit="ep", disable=not progress)
     try:
         # The simulator first: it steps only once commands come. The policy starts once this monitor
         # has discovered the simulator, so no episode event is published before anyone listens.
-        procs["sim_robot_node"] = subprocess.Popen(node_command("dfp_ros.nodes.sim_robot_node", sim_params), env=env,
-                                                   stdout=logs["sim_robot_node"], stderr=subprocess.STDOUT)
+        procs["sim_robot_node"] = start_node("dfp_ros.nodes.sim_robot_node", sim_params, env,
+                                             log_path=log_dir / "sim_robot_node.log")
         while node.count_publishers(contracts.TOPIC_EPISODE) < 1:
             executor.spin_once(timeout_sec=0.1)
             if procs["sim_robot_node"].poll() is not None or time.monotonic() - t0 > 60:
                 raise RuntimeError(f"sim_robot_node did not come up; see {log_dir / 'sim_robot_node.log'}")
         executor.spin_once(timeout_sec=0.5)  # let the simulator match this subscription too
-        procs["policy_node"] = subprocess.Popen(node_command("dfp_ros.nodes.policy_node", policy_params), env=env,
-                                                stdout=logs["policy_node"], stderr=subprocess.STDOUT)
+        procs["policy_node"] = start_node("dfp_ros.nodes.policy_node", policy_params, env,
+                                          log_path=log_dir / "policy_node.log")
         ended = 0
         while True:
             executor.spin_once(timeout_sec=0.1)
-            done = [e for e in events if e in ("success", "failure", "timeout")]
+            done = [e for e in events if e in EPISODE_ENDS]
             if len(done) > ended:
                 bar.update(len(done) - ended)
                 ended = len(done)
@@ -129,12 +96,10 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
                 procs["sim_robot_node"].wait(5.0)
             except subprocess.TimeoutExpired:
                 pass
-        codes = {name: stop_process(p) for name, p in procs.items()}
-        for f in logs.values():
-            f.close()
-        close_monitor(node, executor)
+        codes = {name: stop(p, timeout=10.0) for name, p in procs.items()}
+        monitor.close()
     wall = time.monotonic() - t0
-    done = [e for e in events if e in ("success", "failure", "timeout")][:episodes]
+    done = [e for e in events if e in EPISODE_ENDS][:episodes]
 
     def num(key: str) -> float:
         try:
@@ -155,7 +120,7 @@ def run_demo(episodes: int = 20, mode: str = "lockstep", model: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfp_ros.live_demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dfp_ros.tools.live_demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",

@@ -1,11 +1,11 @@
 """`dfp bench latency`: the policy node's latency, tick jitter, CPU and memory in a real ROS graph.
 
 Three kinds of process, each on an isolated DDS graph (own ROS_DOMAIN_ID + LOCALHOST discovery,
-DESIGN.md §6): the policy node (`dfp_ros.nodes.policy_node`), a separate observation publisher
+dfp_ros.tools.graph): the policy node (`dfp_ros.nodes.policy_node`), a separate observation publisher
 (this module with `--publish`), and the bench process itself, which listens to the node's outputs.
 Two models, built on the fly with torch (random weights: latency does not depend on their values):
 - "state": 28 state numbers (j0.pos..j27.pos), 5 actions, H = 5, 4 x 512 actor and a 2 x (4 x 512)
-  critic ensemble exported for best-of-16 (DESIGN.md §4's reference acting);
+  critic ensemble exported for best-of-16 (the reference's acting);
 - "image": one 96x96 rgb8 camera plus a 7-joint state, no critic, N = 1.
 Per model, two runs of `duration_s` each, after dropping the first `warmup_s` of outputs:
 1. trigger=observation, replan_every=1: every JointState produces a chunk; latency = the chunk's
@@ -16,7 +16,7 @@ Per model, two runs of `duration_s` each, after dropping the first `warmup_s` of
    the same from the stamps the node puts on the commands (one-point JointTrajectory), and the
    node's own missed_ticks from /diagnostics.
 In both, CPU use of the node process (utime+stime over the measured window, % of one core) and its
-peak RSS (VmHWM). Goals from issue 3 are printed as met / not met; the last line is one JSON object.
+peak RSS (VmHWM). The latency goals are printed as met / not met; the last line is one JSON object.
 Two diagnoses come with the figures:
 - before the ROS runs, each model's inference alone in the bench process, back to back and once per
   observation period: on the machines measured so far the second is 2-4x the first (its working set
@@ -47,13 +47,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dfp_ros.tools.bench_main import run_and_report
+from dfp_ros.tools.graph import GraphMonitor, domain_id, graph_env, log_tail, running_node, start_process, stopping
 
 NODE_MODULE = "dfp_ros.nodes.policy_node"
 # A namespace of its own as well as a domain: a graph that happens to share the domain (another test
@@ -68,7 +70,7 @@ CAMERA_TOPIC = f"{NAMESPACE}/camera/image_raw"
 CAMERA_NAME = "front"
 STATE_JOINTS, IMAGE_JOINTS, ACTIONS, HORIZON, IMAGE_SIZE = 28, 7, 5, 5, 96
 
-# Issue 3's goals on the 2 development CPU cores: (JSON path, limit, label).
+# The goals on the 2 development CPU cores: (JSON path, limit, label).
 GOALS = (
     (("state", "latency_p99_ms"), 2.0, "state model obs->chunk p99 <= 2 ms"),
     (("image", "latency_p99_ms"), 15.0, "image model obs->chunk p99 <= 15 ms"),
@@ -138,60 +140,6 @@ def build_models(out_dir: Path, weights: str = "float32") -> tuple[Path, Path]:
 
 
 # --- processes ---------------------------------------------------------------------------------------
-def bench_env(domain: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.pop("ROS_STATIC_PEERS", None)  # peers elsewhere would undo the isolation
-    env["PYTHONUNBUFFERED"] = "1"
-    env["RCUTILS_COLORIZED_OUTPUT"] = "0"
-    return env
-
-
-def _start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with open(log_path, "wb") as log:
-        # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops these in order.
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """SIGINT (a clean rclpy shutdown), then SIGKILL of its process group."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait()
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    proc = _start(cmd, env, log_path)
-    try:
-        yield proc
-    finally:
-        _stop(proc)
-
-
-def _param_args(params: dict[str, Any]) -> list[str]:
-    out = ["--ros-args"]
-    for k, v in params.items():
-        if isinstance(v, bool):
-            text = "true" if v else "false"
-        elif isinstance(v, list):
-            text = "[" + ",".join(f"'{x}'" for x in v) + "]"
-        elif isinstance(v, str):
-            text = f"'{v}'"
-        else:
-            text = repr(v)
-        out += ["-p", f"{k}:={text}"]
-    return out
-
-
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -214,41 +162,25 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 # --- the bench process's view of the graph -------------------------------------------------------------
-class Probe:
-    """A private rclpy context in the bench process, recording arrivals with their clocks."""
+class Probe(GraphMonitor):
+    """The bench process's node on the bench's graph, recording arrivals with their clocks."""
 
     def __init__(self, domain: int) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
 
-        from dfp_ros.nodes.node_main import executor_from_env, make_executor
+        from dfp_ros.nodes.node_main import executor_from_env
+        from dfp_ros.nodes.ros_io import stamp_ns
 
-        # Set while the probe is open (restored by close()), as rmw reads the discovery range from the environment.
-        self._saved_env = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-        os.environ["ROS_DOMAIN_ID"] = str(domain)
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        self.context = Context()
-        # No rclpy signal handler: Ctrl-C stays a KeyboardInterrupt, so the bench's `finally` stops the nodes.
-        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("latency_bench", context=self.context)
+        self.stamp_ns = stamp_ns  # rclpy is imported only where the probe runs
         # The policy node's executor (EventsExecutor unless DFP_ROS_EXECUTOR says otherwise): the receiving
         # side then adds as little of its own delay as the node's side, so the figures describe the node.
-        self.executor, fallback = make_executor(executor_from_env("events"), context=self.context)
-        if fallback:
-            print(f"latency bench: {fallback}", file=sys.stderr)
-        self.executor.add_node(self.node)
+        super().__init__("latency_bench", graph_env(domain), executor=executor_from_env("events"), poll_s=0.01)
+        self.open()
+        if self.fallback:
+            print(f"latency bench: {self.fallback}", file=sys.stderr)
         self.chunks: list[tuple[float, float, int]] = []  # (arrival monotonic s, latency ms, stamp ns)
         self.commands: list[tuple[float, int]] = []  # (arrival monotonic s, header stamp ns set by the node)
         # The publisher's JointStates straight from it, (arrival monotonic s, latency ms): a stall seen on
@@ -265,19 +197,19 @@ class Probe:
 
     def _on_observation(self, msg: Any) -> None:
         now_ns = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = self.stamp_ns(msg.header.stamp)
         if stamp >= self.since_ns:
             self.observations.append((time.monotonic(), (now_ns - stamp) / 1e6))
 
     def _on_chunk(self, msg: Any) -> None:
         # Wall clock first: it is compared with the publisher's wall-clock stamp.
         now_ns = time.time_ns()
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = self.stamp_ns(msg.header.stamp)
         if stamp >= self.since_ns:
             self.chunks.append((time.monotonic(), (now_ns - stamp) / 1e6, stamp))
 
     def _on_command(self, msg: Any) -> None:
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = self.stamp_ns(msg.header.stamp)
         if stamp >= self.since_ns:
             self.commands.append((time.monotonic(), stamp))
 
@@ -291,24 +223,6 @@ class Probe:
         self.commands.clear()
         self.observations.clear()
         self.diagnostics = {}
-
-    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate() and time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.01)
-        return predicate()
-
-    def close(self) -> None:
-        try:
-            self.executor.shutdown(timeout_sec=1.0)
-            self.node.destroy_node()
-        finally:
-            self.context.try_shutdown()
-            for key, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 # --- one run ------------------------------------------------------------------------------------------------
@@ -348,7 +262,7 @@ def find_stalls(chunks: Sequence[tuple[float, float]], observations: Sequence[tu
 def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmup_s: float,
          control_rate_hz: float, domain: int, log_dir: Path, control_thread_priority: int = 0) -> RunResult:
     """Start node + publisher, drop `warmup_s` after the first output, measure `duration_s`, stop both."""
-    env = bench_env(domain)
+    env = graph_env(domain)
     params: dict[str, Any] = {
         "model_path": str(model.path), "device": "cpu", "state_topics": [STATE_TOPIC],
         "state_types": ["joint_state"], "state_keys": ["observation.state"],
@@ -365,8 +279,7 @@ def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmu
         # node's own tick jitter apart from what transport and the receiving executor add.
         params.update(trigger="timer", control_rate_hz=float(control_rate_hz), enabled=True,
                       command_type="joint_trajectory", control_thread_priority=int(control_thread_priority))
-    node_cmd = [sys.executable, "-m", NODE_MODULE, *_param_args(params), "-r", f"__ns:={NAMESPACE}"]
-    pub_cmd = [sys.executable, "-m", "dfp_ros.latency_bench", "--publish", "--rate", str(model.obs_rate_hz),
+    pub_cmd = [sys.executable, "-m", "dfp_ros.tools.latency_bench", "--publish", "--rate", str(model.obs_rate_hz),
                "--joints", str(model.joints), "--parent", str(os.getpid())]
     if model.camera:
         pub_cmd += ["--camera"]
@@ -378,17 +291,17 @@ def _run(probe: Probe, model: BenchModel, *, mode: str, duration_s: float, warmu
     res = RunResult()
 
     def fail(why: str) -> BenchError:
-        return BenchError(f"{tag}: {why}\n--- policy node log ({node_log}):\n{_log_tail(node_log)}\n"
-                          f"--- publisher log ({pub_log}):\n{_log_tail(pub_log)}")
+        return BenchError(f"{tag}: {why}\n--- policy node log ({node_log}):\n{log_tail(node_log)}\n"
+                          f"--- publisher log ({pub_log}):\n{log_tail(pub_log)}")
 
-    with _process(node_cmd, env, node_log) as node:
+    with running_node(NODE_MODULE, params, env, remap={"__ns": NAMESPACE}, log_path=node_log) as node:
         # The node is up once its chunk publisher is discovered (it creates it after loading the model).
         if not probe.spin_until(lambda: probe.chunk_sub.get_publisher_count() > 0 or node.poll() is not None, 60.0):
             raise fail("the policy node did not come up within 60 s")
         if node.poll() is not None:
             raise fail(f"the policy node exited with {node.returncode}")
         probe.reset()  # what arrived while the node started (the previous run's stragglers are filtered anyway)
-        with _process(pub_cmd, env, pub_log) as pub:
+        with stopping(start_process(pub_cmd, env, pub_log)) as pub:
             arrivals = probe.chunks if mode == "latency" else probe.commands
             if not probe.spin_until(lambda: bool(arrivals) or node.poll() is not None or pub.poll() is not None, 30.0):
                 raise fail("no output from the policy node within 30 s of the publisher starting")
@@ -498,7 +411,7 @@ def inference_at_rate(model: Path, rate_hz: float, runs: int = 100, device: str 
 def _build_models_in_child(work: Path, weights: str) -> tuple[Path, Path]:
     """build_models in a child process: the bench's receiver then carries neither torch's threads nor its
     ~180k Python objects while it measures."""
-    cmd = [sys.executable, "-m", "dfp_ros.latency_bench", "--build-models", str(work)]
+    cmd = [sys.executable, "-m", "dfp_ros.tools.latency_bench", "--build-models", str(work)]
     proc = subprocess.run(cmd + (["--int8"] if weights == "int8" else []), capture_output=True, text=True)
     if proc.returncode != 0:
         raise BenchError(f"building the models failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -519,7 +432,7 @@ def run_latency_bench(*, duration_s: float = 10.0, warmup_s: float = 1.0, contro
                       weights: str = "float32", progress: Callable[[str], None] | None = None) -> dict:
     """Run all four measurements; returns the figures (the JSON `dfp bench latency` prints)."""
     say = progress or (lambda _msg: None)
-    domain = 1 + os.getpid() % 100 if domain is None else domain
+    domain = domain_id() if domain is None else domain
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="dfp_latency_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     if state_model is None or image_model is None:
@@ -627,7 +540,7 @@ def format_table(res: dict) -> str:
             cells = [f"{res[k][key]:.2f}" if isinstance(res[k][key], float) else str(res[k][key])
                      for k in ("state", "image")]
         lines.append(f"{label:44}{cells[0]:>20}{cells[1]:>16}")
-    lines.append("goals (issue 3):")
+    lines.append("goals:")
     for label, g in res["goals"].items():
         lines.append(f"  {'met    ' if g['met'] else 'NOT MET'}  {label:44} {g['value']:.2f}")
     if res["busy_runs"]:
@@ -656,6 +569,8 @@ def publish(rate_hz: float, joints: int, camera: bool, parent: int | None, max_s
     from rclpy.qos import qos_profile_sensor_data
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image, JointState
+
+    from dfp_ros.nodes.ros_io import set_stamp
 
     # The bench stops us with SIGINT: make it a KeyboardInterrupt (a clean exit) even where the shell that
     # started the bench ignores SIGINT (background jobs inherit that), instead of waiting for the SIGKILL.
@@ -691,7 +606,7 @@ def publish(rate_hz: float, joints: int, camera: bool, parent: int | None, max_s
             for msg in (img, js):  # the image first, so it is in place when the JointState triggers the tick
                 if msg is None:
                     continue
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
+                set_stamp(msg.header.stamp, now)
             if img_pub is not None:
                 img_pub.publish(img)
             js_pub.publish(js)
@@ -728,25 +643,22 @@ def run_from_args(a: argparse.Namespace) -> int:
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # the same clean-up path as Ctrl-C
 
+    def run(a: argparse.Namespace) -> dict[str, Any]:
+        return run_latency_bench(duration_s=a.duration, warmup_s=a.warmup, control_rate_hz=a.control_rate,
+                                 state_rate_hz=a.state_rate, image_rate_hz=a.image_rate, domain=a.domain,
+                                 state_model=a.state_model, image_model=a.image_model, work_dir=a.work_dir,
+                                 control_thread_priority=a.control_thread_priority,
+                                 weights="int8" if a.int8 else "float32", progress=lambda msg: print(msg, flush=True))
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        res = run_latency_bench(duration_s=a.duration, warmup_s=a.warmup, control_rate_hz=a.control_rate,
-                                state_rate_hz=a.state_rate, image_rate_hz=a.image_rate, domain=a.domain,
-                                state_model=a.state_model, image_model=a.image_model, work_dir=a.work_dir,
-                                control_thread_priority=a.control_thread_priority,
-                                weights="int8" if a.int8 else "float32", progress=lambda msg: print(msg, flush=True))
-    except BenchError as e:
-        print(f"dfp bench latency: error: {e}", file=sys.stderr)
-        return 1
+        return run_and_report("latency", run, a, format_table, errors=(BenchError,), to_json=_finite_or_none)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(format_table(res))
-    print(json.dumps(_finite_or_none(res)))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dfp_ros.latency_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dfp_ros.tools.latency_bench", description=__doc__.splitlines()[0])
     p.add_argument("--publish", action="store_true", help="be the observation publisher (started by the bench)")
     p.add_argument("--rate", type=float, default=50.0, help="(--publish) messages per second")
     p.add_argument("--joints", type=int, default=STATE_JOINTS, help="(--publish) joints j0..j<n-1>")

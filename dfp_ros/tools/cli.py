@@ -7,11 +7,11 @@ deploy profile (no torch) can still run `dfp bench latency`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
+from types import ModuleType
 
 from dfp_ros.contracts import ContractError
+from dfp_ros.tools.arg_types import int_list, name_list, positive_float_list
 
 EPILOG = """examples:
   dfp train --root data/cube --output outputs/cube --steps 5000
@@ -23,27 +23,6 @@ EPILOG = """examples:
   dfp bench finetune                                               # weak BC policy -> RL through ROS
   dfp bench ablation --seeds 0,1                                   # success vs env steps: BC, K=1,2,4,8
 """
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return vals
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-
-
-def _keys(text: str) -> list[str]:
-    return [k.strip() for k in text.split(",") if k.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,22 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="", help="LeRobot repo id (read from the local cache, offline)")
     t.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json)")
     t.add_argument("--output", default=tc.output, help="run folder: checkpoints, log.csv, curves.png")
-    t.add_argument("--state-keys", type=_keys, default=[],
+    t.add_argument("--state-keys", type=name_list, default=[],
                    help="comma-separated state features to concatenate (default: observation.state "
                         "and observation.environment_state, when present)")
-    t.add_argument("--image-keys", type=_keys, default=None,
+    t.add_argument("--image-keys", type=name_list, default=None,
                    help="comma-separated camera features (default: all the dataset's cameras; '' for none)")
     t.add_argument("--action-key", default=tc.action_key)
-    t.add_argument("--image-size", type=_ints, default=tc.image_size, help="model image size H,W")
+    t.add_argument("--image-size", type=int_list, default=tc.image_size, help="model image size H,W")
     t.add_argument("--horizon", type=int, default=mc.horizon, help="action chunk length H")
-    t.add_argument("--hidden", type=_ints, default=mc.actor_hidden, help="actor MLP widths")
+    t.add_argument("--hidden", type=int_list, default=mc.actor_hidden, help="actor MLP widths")
     t.add_argument("--critic", action="store_true", help="also train a chunk critic (needs a reward column)")
-    t.add_argument("--critic-hidden", type=_ints, default=mc.critic_hidden)
+    t.add_argument("--critic-hidden", type=int_list, default=mc.critic_hidden)
     t.add_argument("--steps", type=int, default=tc.steps)
     t.add_argument("--batch-size", type=int, default=tc.batch_size, help="states per batch")
     t.add_argument("--num-gen", type=int, default=tc.num_gen, help="generated chunks per state (G)")
     t.add_argument("--lr", type=float, default=tc.lr)
-    t.add_argument("--temperatures", type=_floats, default=DEFAULT_TEMPERATURES,
+    t.add_argument("--temperatures", type=positive_float_list, default=DEFAULT_TEMPERATURES,
                    help="drift kernel temperatures (the reference uses 0.1 alone; see README)")
     t.add_argument("--loss", choices=("drift", "mse"), default=tc.loss,
                    help="'mse' trains the regression baseline with the same network")
@@ -109,34 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune,ablation}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    bt.add_argument("--device", default="auto")
-    bt.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
-    bt.add_argument("--hidden", type=_ints, default=(512, 512, 512, 512))
-    bt.add_argument("--batch-size", type=int, default=256)
-    bt.add_argument("--num-gen", type=int, default=8)
     bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
                                          "tick jitter, CPU, RSS (state model best-of-16; 96x96 image model)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from dfp_ros.latency_bench import add_arguments
-
-    add_arguments(bl)
     bf = bsub.add_parser("finetune", help="weak BC policy -> on-robot fine-tuning through the ROS graph; "
                                           "success before/after over >= 50 seeded episodes",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from dfp_ros.finetune_bench import add_arguments as add_finetune_arguments
-
-    add_finetune_arguments(bf)
     ba = bsub.add_parser("ablation", help="success rate vs environment steps for BC only, DFP (K=4) and K in "
                                           "{1,2,8} (+ lambda=0), in one process without ROS; CSV + PNG",
                          description="Fine-tuning ablation in-process (no ROS graph): the same weak BC start, "
                                      "learner, replay, transition join and best-of-N acting as `dfp bench "
                                      "finetune`, evaluated every --eval-every env steps over seeded episodes. "
-                                     "One run per arm and seed; see dfp_ros/finetune_ablation.py for how it "
-                                     "differs from the ROS graph.",
+                                     "One run per arm and seed; see dfp_ros/tools/finetune_ablation.py for how "
+                                     "it differs from the ROS graph.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from dfp_ros.finetune_ablation import add_arguments as add_ablation_arguments
-
-    add_ablation_arguments(ba)
+    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba)):
+        bench_module(name).add_arguments(parser)
     return p
 
 
@@ -209,40 +176,24 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_module(name: str) -> ModuleType:
+    """The module of `dfp bench <name>`, imported only when asked for (each imports what it needs itself, torch
+    included, inside its functions, so `dfp --help` is instant and the deploy profile can run `dfp bench latency`)."""
+    if name == "train":
+        from dfp_ros.tools import train_bench as module
+    elif name == "latency":
+        from dfp_ros.tools import latency_bench as module
+    elif name == "finetune":
+        from dfp_ros.tools import finetune_bench as module
+    elif name == "ablation":
+        from dfp_ros.tools import finetune_ablation as module
+    else:
+        raise ValueError(f"no benchmark {name!r}")
+    return module
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
-    if a.bench == "finetune":
-        from dfp_ros.finetune_bench import run_from_args as run_finetune
-
-        return run_finetune(a)
-    if a.bench == "ablation":
-        from dfp_ros.finetune_ablation import run_from_args as run_ablation
-
-        return run_ablation(a)
-    if a.bench == "latency":
-        from dfp_ros.latency_bench import run_from_args
-
-        return run_from_args(a)
-    import torch
-
-    from dfp_ros.learning.bench import bench_training
-    from dfp_ros.learning.trainer import select_device
-
-    res = bench_training(select_device(a.device), seconds=a.seconds, batch=a.batch_size, num_gen=a.num_gen,
-                         hidden=tuple(a.hidden))
-    res["torch"] = torch.__version__
-    res["cpu_count"] = os.cpu_count()
-    print(f"training throughput on {res['device']} (batch {res['batch']} x {res['num_gen']}, "
-          f"actor {res['hidden']}):")
-    print(f"  drift BC step   {res['drift_bc_steps_per_s']:8.1f} steps/s")
-    print(f"  MSE BC step     {res['mse_bc_steps_per_s']:8.1f} steps/s")
-    print(f"  drift loss only {res['drift_loss_alone_per_s']:8.1f} calls/s")
-    print(f"  drift overhead over MSE: {res['drift_overhead_pct']:.1f}% (goal <= 25%)")
-    print(f"  fine-tuning learner update (critic + top-4-of-16 actor + EMA) {res['online_update_per_s']:8.1f} /s")
-    if "drift_bc_compiled_steps_per_s" in res:
-        print(f"  drift BC step, compiled loss {res['drift_bc_compiled_steps_per_s']:8.1f} steps/s "
-              f"(overhead {res['drift_compiled_overhead_pct']:.1f}%)")
-    print(json.dumps(res))
-    return 0
+    return bench_module(a.bench).run_from_args(a)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Recording benchmark: two 640x480 cameras at 30 Hz + joint states at 200 Hz into `collect_node`.
 
-    python -m dfp_ros.data.collect_bench [--duration 120] [--episode-s 20] [--out outputs/collect_bench]
+    python -m dfp_ros.tools.collect_bench [--duration 120] [--episode-s 20] [--out outputs/collect_bench]
         [--vcodec h264|libsvtav1] [--no-streaming] [--dds shm_large|large_data|env]
 
 This process publishes the streams (a steady-clock loop: 7-joint JointState at 200 Hz, two rgb8 640x480
@@ -31,8 +31,6 @@ import re
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,8 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from dfp_ros.tools.graph import GraphMonitor, domain_id, graph_env, node_command, start_process, stop
+
 W, H, CAM_HZ, JOINT_HZ, CMD_HZ, FPS = 640, 480, 30, 200, 100, 30
 JOINTS = [f"joint{i}" for i in range(7)]
+CAMERAS = ["cam0", "cam1"]
 
 
 # Fast DDS transport configurations compared by `--dds` (every process of the graph gets the same one):
@@ -57,7 +58,7 @@ SHM_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm_larg
 
 
 def _env(domain: int, dds: str = "shm_large") -> dict[str, str]:
-    env = dict(os.environ)
+    env = graph_env(domain)
     if dds != "env":
         for k in _DDS_KEYS:
             env.pop(k, None)
@@ -67,25 +68,23 @@ def _env(domain: int, dds: str = "shm_large") -> dict[str, str]:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(SHM_PROFILE)
     elif dds == "large_data":
         env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
-               RCUTILS_COLORIZED_OUTPUT="0", HF_HUB_OFFLINE="1")
-    env.pop("ROS_STATIC_PEERS", None)
+    env["HF_HUB_OFFLINE"] = "1"
     return env
 
 
 def _collect_cmd(root: Path, vcodec: str, streaming: bool) -> list[str]:
-    p = {"root": str(root), "repo_id": "local/collect_bench", "fps": FPS, "sample_on": "timer", "max_age_s": 0.1,
-         "state_topics": "[joint_states]", "state_types": "[joint_state]", "joint_names": f"[{', '.join(JOINTS)}]",
-         "action_topic": "teleop/command", "action_names": f"[{', '.join(f'a{i}' for i in range(7))}]",
-         "camera_names": "[cam0, cam1]", "camera_topics": "[bench/cam0/image_raw, bench/cam1/image_raw]",
-         "camera_heights": f"[{H}, {H}]", "camera_widths": f"[{W}, {W}]", "episode_topic": "''",
-         "keyboard": "false", "progress_period_s": "5.0", "vcodec": vcodec,
-         "streaming_encoding": str(streaming).lower(), "camera_qos": "reliable"}
+    params = {"root": str(root), "repo_id": "local/collect_bench", "fps": FPS, "sample_on": "timer", "max_age_s": 0.1,
+              "state_topics": ["joint_states"], "state_types": ["joint_state"], "joint_names": JOINTS,
+              "action_topic": "teleop/command", "action_names": [f"a{i}" for i in range(7)],
+              "camera_names": CAMERAS, "episode_topic": "", "keyboard": False,
+              "progress_period_s": 5.0, "vcodec": vcodec, "streaming_encoding": streaming, "camera_qos": "reliable"}
+    for cam in CAMERAS:
+        params.update({f"camera.{cam}.topic": f"bench/{cam}/image_raw", f"camera.{cam}.height": H,
+                       f"camera.{cam}.width": W})
+    cmd = node_command("dfp_ros.nodes.collect_node", params)
     prof = os.environ.get("DFP_COLLECT_PROFILE")  # a path: run the recorder under cProfile (for tuning)
-    cmd = [sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []), "-m", "dfp_ros.nodes.collect_node",
-           "--ros-args"]
-    for k, v in p.items():
-        cmd += ["-p", f"{k}:={v}"]
+    if prof:
+        cmd[1:1] = ["-m", "cProfile", "-o", prof]
     return cmd
 
 
@@ -109,7 +108,6 @@ def _frames(n: int) -> list[array.array]:
 
 def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
         streaming: bool = True, dds: str = "shm_large") -> dict[str, Any]:
-    import rclpy
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
     from std_srvs.srv import Trigger
@@ -122,27 +120,16 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
     env = _env(domain, dds)
     load0 = round(os.getloadavg()[0], 2)
     cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(_collect_cmd(root, vcodec, streaming), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = start_process(_collect_cmd(root, vcodec, streaming), env, log_path)
     # This process's own participant uses the same transports as the recorder.
-    saved_env = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *_DDS_KEYS)}
-    for k in saved_env:
-        if k in env:
-            os.environ[k] = env[k]
-        else:
-            os.environ.pop(k, None)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node("collect_bench", context=ctx)
-    ex = rclpy.executors.SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    monitor = GraphMonitor("collect_bench", env).open()
+    node, ex = monitor.node, monitor.executor
     result: dict[str, Any] = {}
     try:
         pub_j = node.create_publisher(JointState, "joint_states", 100)
         pub_c = node.create_publisher(Float64MultiArray, "teleop/command", 100)
         # Reliable cameras (realsense-ros' default QoS): best effort loses large images on this DDS.
-        pub_i = [node.create_publisher(Image, f"bench/cam{k}/image_raw", 5) for k in (0, 1)]
+        pub_i = [node.create_publisher(Image, f"bench/{cam}/image_raw", 5) for cam in CAMERAS]
         clients = {n: node.create_client(Trigger, f"/collect_node/{n}") for n in ("start", "save")}
         deadline = time.monotonic() + 120
         while not all(c.service_is_ready() for c in clients.values()):
@@ -213,14 +200,10 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
                 call("save")
         publish_s = time.monotonic() - t_start
         # Wait for the last episode to be on disk, then stop the node (SIGINT: finalize).
-        deadline = time.monotonic() + 600
-        while record and f"episode {episodes - 1} on disk" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        if record:
+            proc.wait_for_log(f"episode {episodes - 1} on disk", timeout=600)
         t_all = time.monotonic() - t_start
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        stop(proc, timeout=120)
         ru_self, ru_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         text = log_path.read_text(errors="replace")
         m = re.search(r"collect summary (\{.*\})", text)
@@ -263,19 +246,12 @@ def run(duration: float, episode_s: float, out: Path, vcodec: str, domain: int,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        monitor.close()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dfp_ros.data.collect_bench", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m dfp_ros.tools.collect_bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds recorded in total")
     ap.add_argument("--episode-s", type=float, default=20.0, help="seconds per episode")
@@ -286,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--no-streaming: PNG files + encoding at save")
     ap.add_argument("--dds", choices=DDS_CHOICES, default="shm_large",
                     help="Fast DDS transports of every process (see DDS_CHOICES in the source)")
-    ap.add_argument("--domain", type=int, default=1 + (os.getpid() % 100), help="ROS_DOMAIN_ID")
+    ap.add_argument("--domain", type=int, default=domain_id(), help="ROS_DOMAIN_ID")
     args = ap.parse_args(argv)
     tmp = None
     out = args.out
