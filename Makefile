@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo train-demo test bench bench-collect bench-finetune model setup setup-deploy help
+.PHONY: demo train-demo test bench bench-collect bench-finetune model setup setup-deploy check-demo-image help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,3 +36,6 @@ bench-finetune: setup  ## weak BC policy -> RL fine-tuning through ROS, 50-episo
 
 bench-collect: setup  ## recording benchmark: 2 x 640x480 @ 30 Hz + 200 Hz joint states, 2 min
 	$(PY) -m dfp_ros.tools.collect_bench --duration 120
+
+check-demo-image:  ## the demo image's build steps in a debootstrapped Debian root, through `make demo` (root, network)
+	bash scripts/check_demo_image.sh

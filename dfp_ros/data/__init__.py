@@ -8,6 +8,8 @@
 - `recording_session`: one recording run: frames and episodes, stats, the shutdown rule.
 - `state_oracle`: OGBench's scripted cube expert acting on the simulator's published state vector.
 - `teleop`: joystick -> action mapping (dead-man button, scaling, limits).
+- `bag_convert`: rosbag2 (sqlite3 / MCAP, via rosbags) -> LeRobot datasets with collect_node's sampling rules.
+- `replay`: an exported model open-loop over a dataset: chunk error against the recorded actions.
 
 Nothing here imports rclpy; lerobot is imported only when a dataset is opened (it pulls in torch).
 """

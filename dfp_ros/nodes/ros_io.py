@@ -29,11 +29,13 @@ from dfp_ros.runtime.observation import (
     ObservationError,
     StateSource,
     build_plans,
+    command_values,
     decode_compressed,
     decode_raw_image,
+    values_by_name,
 )
 
-__all__ = ["ObservationError"]
+__all__ = ["ObservationError", "command_values", "values_by_name"]
 
 # --- QoS ---------------------------------------------------------------------------------------------
 # Latched: a late joiner gets the last message (model updates, state names).
@@ -71,23 +73,6 @@ def duration(seconds: float) -> Duration:
 
 
 # --- messages -> arrays ------------------------------------------------------------------------------
-def values_by_name(names: list[str], values: Any, wanted: list[str]) -> np.ndarray:
-    """`values` (in `names` order) in `wanted` order; empty `names` means already in that order.
-
-    Extra names are ignored; a wanted name that is missing, or names and values of different lengths,
-    raise ObservationError("bad_names")."""
-    vals = np.asarray(values, dtype=np.float64)
-    if not names:
-        return vals
-    if len(names) != len(vals):
-        raise ObservationError("bad_names", f"{len(names)} names but {len(vals)} values")
-    index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in wanted if n not in index]
-    if missing or len(index) != len(names):
-        raise ObservationError("bad_names", f"names {list(names)} do not cover {list(wanted)} (missing {missing})")
-    return vals[[index[n] for n in wanted]]
-
-
 def joint_fields(msg: JointState) -> dict[str, np.ndarray]:
     """position / velocity / effort of a JointState, in the message's name order."""
     return {"position": np.asarray(msg.position), "velocity": np.asarray(msg.velocity),
@@ -99,24 +84,6 @@ def image_rgb(msg: Image | CompressedImage, compressed: bool) -> np.ndarray:
     if compressed:
         return decode_compressed(msg.format, msg.data)
     return decode_raw_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)
-
-
-def command_values(msg: Any, action_names: list[str]) -> np.ndarray:
-    """The action a command message carries, in `action_names` order (float64)."""
-    if isinstance(msg, Float64MultiArray):
-        values = np.asarray(msg.data, dtype=np.float64)
-    elif isinstance(msg, JointTrajectory):
-        if len(msg.points) != 1:
-            raise ObservationError("wrong_size", f"a JointTrajectory command must hold one point, "
-                                                 f"got {len(msg.points)}")
-        values = values_by_name(list(msg.joint_names), msg.points[0].positions, action_names)
-    else:
-        values = values_by_name(list(msg.name), msg.position, action_names)
-    if values.shape != (len(action_names),):
-        raise ObservationError("wrong_size", f"{values.size} action values, expected {len(action_names)}")
-    if not np.isfinite(values).all():
-        raise ObservationError("non_finite", "NaN or inf in the command")
-    return values
 
 
 def chunk_values(msg: JointTrajectory, action_names: list[str]) -> np.ndarray:

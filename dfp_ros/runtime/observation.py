@@ -22,6 +22,7 @@ observation's stamp is the oldest `stamp` among its parts (what its chunk is sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -251,3 +252,40 @@ class ObservationAssembler:
         stamps = [s.stamp_ns for s in slots]
         return Observation(state=state, images={n: s.value for n, s in self._images.items()},
                            stamp_ns=min(stamps), stamp_skew_ns=max(stamps) - min(stamps), age_s=age, seq=self.seq)
+
+
+# --- names and commands (any message object with the ROS fields; also rosbags' decoded messages) -------
+def values_by_name(names: list[str], values: Any, wanted: list[str]) -> np.ndarray:
+    """`values` (in `names` order) in `wanted` order; empty `names` means already in that order.
+
+    Extra names are ignored; a wanted name that is missing, or names and values of different lengths,
+    raise ObservationError("bad_names")."""
+    vals = np.asarray(values, dtype=np.float64)
+    if not names:
+        return vals
+    if len(names) != len(vals):
+        raise ObservationError("bad_names", f"{len(names)} names but {len(vals)} values")
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in wanted if n not in index]
+    if missing or len(index) != len(names):
+        raise ObservationError("bad_names", f"names {list(names)} do not cover {list(wanted)} (missing {missing})")
+    return vals[[index[n] for n in wanted]]
+
+
+def command_values(msg: Any, action_names: list[str]) -> np.ndarray:
+    """The action a command message carries, in `action_names` order (float64): a Float64MultiArray
+    (`data`), a one-point JointTrajectory (`joint_names`, `points`) or a JointState (`name`, `position`)."""
+    if hasattr(msg, "data"):
+        values = np.asarray(msg.data, dtype=np.float64)
+    elif hasattr(msg, "points"):
+        if len(msg.points) != 1:
+            raise ObservationError("wrong_size", f"a JointTrajectory command must hold one point, "
+                                                 f"got {len(msg.points)}")
+        values = values_by_name(list(msg.joint_names), msg.points[0].positions, action_names)
+    else:
+        values = values_by_name(list(msg.name), msg.position, action_names)
+    if values.shape != (len(action_names),):
+        raise ObservationError("wrong_size", f"{values.size} action values, expected {len(action_names)}")
+    if not np.isfinite(values).all():
+        raise ObservationError("non_finite", "NaN or inf in the command")
+    return values

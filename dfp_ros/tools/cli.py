@@ -22,6 +22,8 @@ EPILOG = """examples:
   dfp bench latency                                                # policy node in a real ROS graph
   dfp bench finetune                                               # weak BC policy -> RL through ROS
   dfp bench ablation --seeds 0,1                                   # success vs env steps: BC, K=1,2,4,8
+  dfp convert-bag my_bag data/my_bag --fps 20 --state-topic /joint_states --action-topic /cmd  # bag -> dataset
+  dfp replay models/cube.onnx data/my_bag                          # model vs recorded actions, open loop
 """
 
 
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc, mc = TrainConfig(), ModelConfig()
     p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,check,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,check,bench,convert-bag,replay}")
 
     t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -103,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "it differs from the ROS graph.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba)):
+        bench_module(name).add_arguments(parser)
+
+    cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
+                        description=bench_module("convert-bag").__doc__)
+    rp = sub.add_parser("replay", help="an exported model open-loop over a dataset's (or bag's) observations: "
+                                       "error of its chunks vs the recorded actions",
+                        description=bench_module("replay").__doc__)
+    for name, parser in (("convert-bag", cb), ("replay", rp)):
         bench_module(name).add_arguments(parser)
     return p
 
@@ -187,6 +197,11 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import finetune_bench as module
     elif name == "ablation":
         from dfp_ros.tools import finetune_ablation as module
+    # Not benchmarks, but commands built the same way (add_arguments, run_from_args):
+    elif name == "convert-bag":
+        from dfp_ros.tools import convert_bag as module
+    elif name == "replay":
+        from dfp_ros.tools import replay as module
     else:
         raise ValueError(f"no benchmark {name!r}")
     return module
@@ -196,9 +211,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_module(a.bench).run_from_args(a)
 
 
+def cmd_tool(a: argparse.Namespace) -> int:
+    return bench_module(a.command).run_from_args(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "bench": cmd_bench}
+    handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "bench": cmd_bench,
+                "convert-bag": cmd_tool, "replay": cmd_tool}
     try:
         return handlers[args.command](args)
     except ContractError as e:  # user errors: one clear line, no traceback
