@@ -28,9 +28,7 @@ from dfp_ros.contracts import (
     image_input_name,
 )
 from dfp_ros.runtime.acceptance import AcceptanceResult, read_acceptance, run_acceptance
-
-# Preferred first; only those present in this onnxruntime build are used.
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+from dfp_ros.runtime.providers import ProviderOptions, fallback_note, session_providers
 
 
 @dataclass
@@ -38,18 +36,6 @@ class ActResult:
     chunk: np.ndarray  # [H, A] the chunk to execute (best-of-N when the model has a critic)
     candidates: np.ndarray  # [N, H, A]
     q: np.ndarray | None  # [N] critic scores, when the model has a critic
-
-
-def choose_providers(device: str = "auto") -> list[str]:
-    """'auto': GPU providers when this onnxruntime has them, else CPU; 'cpu' or 'cuda' force one."""
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    gpu = [p for p in GPU_PROVIDERS if p in available]
-    if device == "cuda" and not gpu:
-        raise ContractError(f"device 'cuda' asked for, but this onnxruntime has only {available} "
-                            "(install onnxruntime-gpu)")
-    return [*gpu, "CPUExecutionProvider"]
 
 
 def file_sha256(data: bytes) -> str:
@@ -102,10 +88,14 @@ def _check_io(session: ort.InferenceSession, meta: ModelMetadata, source: str) -
 class PolicyRuntime:
     """An exported DFP model in an ONNX Runtime session."""
 
-    def __init__(self, model: str | Path | bytes, *, device: str = "auto", num_samples: int | None = None,
-                 threads: int = 1, verify: bool = True):
+    def __init__(self, model: str | Path | bytes, *, device: str | ProviderOptions = "auto",
+                 num_samples: int | None = None, threads: int = 1, verify: bool = True):
         """Raises ContractError when the model does not fit the contract or, `verify`, fails its own
-        acceptance test on this provider (`self.acceptance`: the figures; None if it carries none)."""
+        acceptance test on this provider (`self.acceptance`: the figures; None if it carries none).
+
+        `device`: "auto" | "cpu" | "cuda" | "tensorrt", or ProviderOptions with the providers' options
+        (dfp_ros.runtime.providers). `self.providers` is what the session really runs on, and
+        `self.provider_fallback` says why, when that is not the first provider asked for."""
         if isinstance(model, bytes):
             data, self.source = model, "model bytes"
         else:
@@ -118,8 +108,11 @@ class PolicyRuntime:
         opts.intra_op_num_threads = threads  # latency over throughput on a robot computer
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        options = device if isinstance(device, ProviderOptions) else ProviderOptions(device=device)
+        asked = session_providers(options, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=choose_providers(device))
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=[p for p, _ in asked],
+                                                provider_options=[o for _, o in asked])
         except Exception as e:
             raise ContractError(f"{self.source} is not a loadable ONNX model ({type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:200]})") from e
@@ -129,6 +122,7 @@ class PolicyRuntime:
         if self.num_samples < 1:
             raise ContractError(f"num_samples must be >= 1, got {self.num_samples}")
         self.providers = self.session.get_providers()
+        self.provider_fallback = fallback_note(asked, self.providers)
         self.acceptance: AcceptanceResult | None = None
         test = read_acceptance(self.session.get_modelmeta().custom_metadata_map, self.source)
         self.has_acceptance_test = test is not None
