@@ -2,7 +2,9 @@
 [namespace:=...]`.
 
 sim:=true (default) also starts the simulated robot and enables the policy, so the whole loop runs
-without hardware. sim:=false starts only the policy node, disabled: enable it with
+without hardware: the simulator steps at 20 Hz on the wall clock, as a robot's controller does, and the
+policy ticks on each state it publishes (config/policy.yaml `trigger: observation`; docs/realtime.md).
+sim:=false starts only the policy node, disabled: enable it with
 `ros2 service call /policy_node/enable std_srvs/srv/SetBool "{data: true}"` once the robot is ready.
 """
 

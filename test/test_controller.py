@@ -322,3 +322,257 @@ def test_controller_imports_no_ros():
 
     src = Path(c.__file__).read_text()
     assert "rclpy" not in src and "import torch" not in src
+
+
+# --- real time: alignment, slow plans, hand-over, stamps -------------------------------------------
+class SlowModel:
+    """The bundled model; `during` runs while it "computes" (ticks that pass meanwhile)."""
+
+    def __init__(self, runtime: PolicyRuntime, during=None):
+        self._runtime, self.during = runtime, during
+
+    def __getattr__(self, name: str):
+        return getattr(self._runtime, name)
+
+    def act(self, state, images, rng):
+        if self.during is not None:
+            self.during()
+        return self._runtime.act(state, images, rng)
+
+
+def test_a_chunk_starts_at_the_ticks_executed_since_its_observation_whatever_the_phase(runtime):
+    clock = Clock()
+    ticks = []
+
+    def one_tick():  # a timer tick 40 ms after the observation, while the model computes
+        ticks.append(ctrl.tick(clock.advance(0.04)))
+
+    model = SlowModel(runtime)
+    ctrl = controller(model, clock, max_obs_age_s=1.0)
+    observe(ctrl, clock)
+    model.during = one_tick
+    clock_before = clock.t
+    plan = ctrl.plan(clock.t)
+    clock.advance(0.005)  # ready 45 ms after the observation: less than a period, but one tick passed
+    assert clock.t - clock_before < PERIOD and plan.skipped == 1
+    np.testing.assert_allclose(ctrl.tick(clock.advance(0.04)).command, expected_command(runtime, plan.chunk[1]))
+
+
+def test_observation_trigger_plans_in_the_callback_when_fast_and_ahead_when_slow(runtime):
+    clock = Clock()
+    fast = controller(runtime, clock, trigger="observation", max_obs_age_s=1.0)
+    observe(fast, clock)
+    assert fast.step_plan() == "plan", "a fast model plans in the pacing callback (lock-step behaviour)"
+
+    model = SlowModel(runtime)
+    slow = controller(model, clock, trigger="observation", max_obs_age_s=1.0, added_latency_s=0.06)
+    observe(slow, clock)
+    assert slow.step_plan() == "wake", "a plan slower than max_plan_wait_s goes to the inference thread"
+    assert slow.tick(clock.t).command is None  # this tick had nothing queued yet
+    assert slow.step_plan() == "", "one plan at a time"
+
+    def two_more_ticks():  # the robot keeps stepping while the model computes
+        for _ in range(2):
+            clock.advance(PERIOD)
+            observe(slow, clock)
+            slow.tick(clock.t)
+
+    model.during = two_more_ticks
+    assert slow.plan_due()
+    plan = slow.plan(clock.t)
+    assert plan.skipped == 3, "three ticks ran since the observation: the chunk starts at index 3"
+    clock.advance(PERIOD)
+    observe(slow, clock)
+    np.testing.assert_allclose(slow.tick(clock.t).command, expected_command(runtime, plan.chunk[3]))
+    stats = slow.stats(clock.t)
+    assert stats["plan_lead_ticks"] == 3 and stats["ticks_without_action"] == 3  # the ticks before it
+
+
+def test_slow_plans_are_asked_for_early_enough_and_run_back_to_back(runtime):
+    clock = Clock()
+    model = SlowModel(runtime)
+    ctrl = controller(model, clock, trigger="observation", max_obs_age_s=1.0, added_latency_s=0.06,
+                      replan_every=5)
+
+    def ticks(n):
+        def run():
+            for _ in range(n):
+                clock.advance(PERIOD)
+                observe(ctrl, clock)
+                ctrl.tick(clock.t)
+        return run
+
+    observe(ctrl, clock)
+    assert ctrl.step_plan() == "wake"
+    ctrl.tick(clock.t)
+    model.during = ticks(1)
+    assert ctrl.plan_due() and ctrl.plan(clock.t).skipped == 2  # lead is now 2 ticks
+    # Lead 2 with 3 actions left (indices 2..4): the next plan is due when index + 2 reaches 5, and a
+    # request is made at once after a slow plan while one is wanted (no waiting for another observation).
+    wanted = []
+    model.during = None
+    for _ in range(3):
+        clock.advance(PERIOD)
+        observe(ctrl, clock)
+        wanted.append(ctrl.step_plan())
+        ctrl.tick(clock.t)
+        if wanted[-1] == "wake":
+            break
+    assert wanted == ["wake"] or wanted[-1] == "wake", wanted
+    assert len(wanted) <= 2, "asked for while 2 actions remain: ready before the queue runs out"
+
+
+def test_a_chunk_past_its_horizon_is_refused_and_counted(runtime):
+    from dfp_ros.runtime.controller import LateChunk
+
+    clock = Clock()
+    ctrl = controller(runtime, clock, max_obs_age_s=10.0)
+    observe(ctrl, clock)
+    clock.advance(5 * PERIOD + 0.001)  # every one of its 5 ticks has passed
+    with pytest.raises(LateChunk):
+        ctrl.plan(clock.t - 5 * PERIOD - 0.001)
+    assert ctrl.tick(clock.t).command is None, "never executed out of time"
+    assert ctrl.stats(clock.t)["dropped_late_chunk"] == 1
+
+
+@pytest.mark.parametrize("offset_s, kind", [(2.0, "stamp_past"), (-2.0, "stamp_future")])
+def test_stamps_far_from_this_clock_are_refused(runtime, offset_s, kind):
+    clock = Clock()
+    ctrl = controller(runtime, clock, max_stamp_offset_s=1.0)
+    received_ns = 1_000_000_000_000
+    stamp_ns = received_ns - int(offset_s * 1e9)  # a driver clock behind (past) or ahead (future, a jump)
+    with pytest.raises(ObservationError) as err:
+        ctrl.on_state_array(0, np.zeros(28, np.float32), stamp_ns, clock.t, received_ns)
+    assert err.value.kind == kind
+    ctrl.reject(err.value)
+    assert ctrl.plan(clock.t) is None and ctrl.stats(clock.t)[f"dropped_{kind}"] == 1
+    # Within the bound, and header-less (stamped at receipt), it is accepted; 0 turns the check off.
+    ctrl.on_state_array(0, np.zeros(28, np.float32), received_ns - 5_000_000, clock.t, received_ns)
+    ctrl.on_state_array(0, np.zeros(28, np.float32), received_ns, clock.t, received_ns)
+    assert ctrl.stats(clock.t)["transport_latency_p50_ms"] == pytest.approx(5.0)
+    ctrl.set_options(max_stamp_offset_s=0.0)
+    ctrl.on_state_array(0, np.zeros(28, np.float32), stamp_ns, clock.t, received_ns)
+
+
+def test_timer_ticks_follow_a_state_stream_at_the_control_rate(runtime):
+    clock = Clock()
+    ctrl = controller(runtime, clock)
+    planned = clock.t + 0.5
+    assert ctrl.next_deadline(planned) == planned, "no stream yet: the timer's own schedule"
+    phase = 0.013
+    for i in range(10):
+        observe(ctrl, Clock(clock.t + phase + i * PERIOD))
+    last = clock.t + phase + 9 * PERIOD
+    for planned in (last + 0.02, last + 0.04, last + 0.06):
+        got = ctrl.next_deadline(planned)
+        assert abs(got - planned) <= PERIOD / 2 + 1e-9
+        offset = (got - last) % PERIOD
+        assert 0.001 - 1e-9 <= offset < 0.01, "a short fixed delay after the state's arrival"
+    # One late message (transport jitter) does not move the schedule: the phase is the arrivals' median.
+    before = ctrl.next_deadline(last + 0.04)
+    observe(ctrl, Clock(last + PERIOD + 0.01))
+    assert abs(ctrl.next_deadline(before + PERIOD) - (before + PERIOD)) < 1e-6
+    # A faster stream (100 Hz joint states) does not move the schedule.
+    fast = controller(runtime, clock)
+    for i in range(10):
+        observe(fast, Clock(clock.t + i * 0.01))
+    assert fast.next_deadline(clock.t + 0.1) == clock.t + 0.1
+
+
+def test_a_tick_waits_briefly_for_a_plan_due_before_it(runtime):
+    import time
+
+    clock = Clock()
+    ctrl = controller(runtime, clock, max_plan_wait_s=0.03)
+    assert observe(ctrl, clock), "a request is in flight"
+    t0 = time.monotonic()
+    ctrl.wait_for_plan()  # nobody plans here: it gives up after the bound
+    assert 0.025 < time.monotonic() - t0 < 0.5
+    ctrl.plan_due()
+    ctrl.plan(clock.t)
+    t0 = time.monotonic()
+    ctrl.set_options(max_plan_wait_s=1.0)
+    ctrl.wait_for_plan()  # nothing in flight: no wait
+    assert time.monotonic() - t0 < 0.01
+
+
+def test_nearest_consistency_picks_the_candidate_continuing_the_queue(runtime):
+    from dfp_ros.runtime.chunk_queue import pick_consistent
+
+    committed = np.array([[0.5, 0.0], [0.6, 0.0]])
+    candidates = np.array([[[0, 0], [-0.5, 0], [-0.6, 0]], [[0, 0], [0.45, 0], [0.65, 0]]], np.float32)
+    assert pick_consistent(candidates, committed, skip=1) == 1
+    assert pick_consistent(candidates, committed[:0], skip=1) == 0, "nothing committed: the first"
+    q = np.array([1.0, 0.0])
+    assert pick_consistent(candidates, committed, skip=1, q=q) == 0, "the critic's better half only"
+
+    class Recording(SlowModel):
+        def act(self, state, images, rng):
+            self.result = self._runtime.act(state, images, rng)
+            return self.result
+
+    clock = Clock()
+    eight = Recording(load_policy(str(MODEL), device="cpu", num_samples=8)[0])
+    ctrl = controller(eight, clock, consistency="nearest", max_obs_age_s=10.0, seed=3)
+    rng = np.random.default_rng(0)
+    observe(ctrl, clock)
+    previous = ctrl.plan(clock.t).chunk
+    for _ in range(10):
+        ctrl.tick(clock.advance(PERIOD))
+        ctrl.on_state_array(0, rng.normal(0, 0.3, 28).astype(np.float32), int(clock.t * 1e9), clock.t)
+        plan = ctrl.plan(clock.t)
+        want = pick_consistent(eight.result.candidates, previous[1:], 0)
+        np.testing.assert_array_equal(plan.chunk, eight.result.candidates[want])
+        assert plan.jump == pytest.approx(float(np.abs(plan.chunk[0] - previous[1]).max()))
+        previous = plan.chunk
+    stats = ctrl.stats(clock.t)
+    assert stats["consistency"] == "nearest" and stats["chunk_jump_p99"] >= stats["chunk_jump_p50"] >= 0
+
+
+def test_an_aligned_tick_with_nothing_queued_waits_briefly_for_the_late_observation(runtime):
+    import threading
+    import time
+
+    clock = Clock()
+    ctrl = controller(runtime, clock, max_obs_age_s=1.0, max_plan_wait_s=0.5)
+    for _ in range(10):  # a state stream at the control rate: ticks follow it
+        clock.advance(PERIOD)
+        observe(ctrl, clock)
+        if ctrl.plan_due():
+            ctrl.plan(clock.t)
+        ctrl.tick(clock.t)
+    ctrl.on_episode_end()  # nothing queued; this period's observation is late
+    clock.advance(PERIOD)
+
+    def late_observation():
+        time.sleep(0.01)
+        observe(ctrl, clock)
+        assert ctrl.plan_due()
+        ctrl.plan(clock.t)
+
+    helper = threading.Thread(target=late_observation)
+    helper.start()
+    t0 = time.monotonic()
+    ctrl.wait_for_plan()
+    waited = time.monotonic() - t0
+    helper.join()
+    assert 0.005 < waited < 0.4, waited
+    assert ctrl.tick(clock.t).command is not None, "the tick ran the late observation's chunk"
+
+
+def test_a_state_stream_faster_than_the_ticks_starts_whole_chunks_from_fresh_states(runtime):
+    """100 Hz joint states, 20 Hz timer ticks at another phase: the state arriving after the tick that
+    emptied the queue starts the plan, so every chunk runs whole from index 0 (no tick without an action)."""
+    clock = Clock()
+    ctrl = controller(runtime, clock, replan_every=5, max_obs_age_s=1.0)
+    start, next_tick, plans, commands = clock.t, clock.t + PERIOD, [], []
+    for step in range(300):  # 3 s
+        clock.t = start + step * 0.01 + 0.003
+        if observe(ctrl, clock) and ctrl.plan_due():
+            plans.append(ctrl.plan(clock.t))
+        while start + (step + 1) * 0.01 > next_tick:
+            clock.t = next_tick
+            commands.append(ctrl.tick(clock.t).command)
+            next_tick += PERIOD
+    assert all(p.skipped == 0 for p in plans) and len(plans) == len(commands) // 5  # every 5th tick
+    assert all(c is not None for c in commands)

@@ -20,6 +20,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from ros_graph import Collector, NodeProcess, RosGraph, domain_id, latched_qos, ros_env, start_node, stop  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
@@ -264,6 +265,19 @@ def test_realtime_waits_for_a_command_then_holds(realtime: Sim) -> None:
     realtime.cmd.publish(JointState(name=ACTION_NAMES, position=[0.0, 0.0, 0.0, 0.0, 1.0]))
     # One command, then the wall-clock timer keeps stepping with holds (zero actions).
     assert realtime.reward.wait_for(6, timeout=5.0), realtime.proc.log()
+    # Two commands within one tick: the first is superseded (never applied); all counted on /diagnostics.
+    realtime.cmd.publish(JointState(name=ACTION_NAMES, position=ZERO))
+    realtime.cmd.publish(JointState(name=ACTION_NAMES, position=ZERO))
+    diag = realtime.graph.collect("/diagnostics", DiagnosticArray)
+
+    def counters() -> dict[str, str]:
+        return {kv.key: kv.value for m in diag.messages for st in m.status for kv in st.values
+                if st.hardware_id.endswith("sim_robot_node")}
+
+    assert realtime.graph.spin_until(lambda: int(counters().get("superseded_commands", 0)) >= 1, 5.0), counters()
+    values = counters()
+    assert int(values["holds"]) >= 4 and int(values["dropped_commands"]) == 1 and values["mode"] == "realtime", values
+    assert int(values["steps"]) >= 6 and float(values["command_after_tick_p50_ms"]) >= 0, values
     rc = stop(realtime.proc)
     log = realtime.proc.log()
     assert rc == 0, log

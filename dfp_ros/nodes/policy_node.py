@@ -16,24 +16,18 @@ optionally prefixed "sha256:") in. A new model (that topic, or `model_path` set 
 loaded and validated on the executor thread and swapped between ticks; a refused one leaves the old
 model running and its reason goes back in the SetParametersResult and to the log.
 
-Threads, trigger "timer": control ticks run on their own thread (a deadline loop at
-`control_rate_hz`), inference on another (ONNX Runtime releases the GIL), and the ROS callbacks on
-one executor thread (node_main: EventsExecutor, or SingleThreadedExecutor), so neither a slow
-inference nor loading a new model delays a tick. Not a timer in its own callback group on a
-MultiThreadedExecutor: with this rclpy (Kilted, PyPI wheels) that executor was measured to deliver
-subscription messages late (~100 ms, or only at the next timer event), tripping the 2-period watchdog.
-Tick timing: the threads share the GIL, so a tick that wakes while another thread runs Python waits
-for it. The process's GIL switch interval is lowered to GIL_SWITCH_INTERVAL_S (Python's default 5 ms
-would let a callback delay a tick by up to 5 ms), and the control thread wakes SPIN_LEAD_S before each
-deadline and busy-waits the rest holding the GIL, then publishes a pre-built message. On a machine whose
-cores are busy the kernel decides when the control thread runs: `control_thread_priority` makes that
-thread (only) SCHED_FIFO, as robot control loops usually are.
+Threads: inference on its own (ONNX Runtime releases the GIL), callbacks on one executor thread
+(EventsExecutor or SingleThreadedExecutor: this rclpy's MultiThreadedExecutor delivered messages ~100 ms
+late), so neither a slow inference nor loading a new model delays a tick.
 
-Trigger "observation" (lock-step evaluation with `sim_robot_node`, which steps once per command and
-publishes the next observation at once): every accepted message of the first state source plans (when
-due) and ticks once, in its callback (handing it to another thread cost ~0.25 ms of a ~2 ms path). A
-robot publishes a step's frame and other states before the pacing state, and the subscriptions are made
-so that the executor takes those first when they are ready together.
+Trigger "observation" (config/policy.yaml): each message of the first state source ticks once in its
+callback, after a plan expected within `max_plan_wait_s` (a slower one runs early on the inference
+thread; docs/realtime.md). A robot publishes a step's frame and other states before that state; the
+subscriptions are made so that the executor takes those first. Trigger "timer": a deadline loop on its
+own thread, phase-locked to the first state source (`align_ticks`). The GIL switch interval is lowered
+to GIL_SWITCH_INTERVAL_S (the default 5 ms would let a callback delay a tick by 5 ms); the control
+thread wakes SPIN_LEAD_S before each deadline and busy-waits the rest holding the GIL, then publishes a
+pre-built message; `control_thread_priority` makes that thread (only) SCHED_FIFO.
 
 Timing: freshness (watchdog, `max_obs_age_s`) is judged on the node's monotonic receipt time; chunk
 stamps are the observation's stamp (header stamp, or the ROS clock at receipt for header-less messages).
@@ -64,10 +58,10 @@ from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import executor_from_env, freeze_heap, run_node
 from dfp_ros.nodes.params import FROM_MODEL, Param, declare_params, watch_params
 from dfp_ros.nodes.ros_io import ObservationError
-from dfp_ros.runtime.chunk_queue import MERGE_RULES
+from dfp_ros.runtime.chunk_queue import CONSISTENCY_MODES, MERGE_RULES
 from dfp_ros.runtime.controller import (
     TRIGGERS,
-    NonFiniteChunk,
+    DroppedChunk,
     PolicyController,
     acceptance_text,
     load_policy,
@@ -99,12 +93,23 @@ MODEL_PARAMS = [
 RUN_PARAMS = [
     Param("control_rate_hz", FROM_MODEL, "control ticks per second (trigger timer); > 0",
           default_text="the model's fps"),
-    Param("trigger", "timer", "timer | observation (one tick per new observation: lock-step)", choices=TRIGGERS),
+    Param("trigger", "timer", "observation: one tick per message of the first state source (the robot's state "
+          "paces the policy); timer: the node's own clock", choices=TRIGGERS),
+    Param("align_ticks", True, "timer: tick just after each first-source message while they come at the control "
+          "rate", runtime=True),
+    Param("max_plan_wait_s", 0.02, "longest wait of a tick for its plan; slower plans start ahead instead "
+          "(lock-step with a slower model: raise it)", runtime=True, low=0.0),
     Param("replan_every", FROM_MODEL, "re-plan every this many ticks", runtime=True, low=1,
           default_text="the model's horizon H"),
     Param("queue_low", 1, "also re-plan when fewer than this many actions remain", runtime=True, low=0),
     Param("merge", "newest", "a new chunk replaces the queue, or temporal ensembling", choices=MERGE_RULES),
     Param("ensemble_k", 0.01, "ensembling weights w_i = exp(-k i), i = 0 the oldest chunk", runtime=True),
+    Param("consistency", "none", "chunk hand-over: none | nearest (the candidate closest to the queued actions)",
+          runtime=True, choices=CONSISTENCY_MODES),
+    Param("max_stamp_offset_s", 1.0, "refuse header stamps further than this from our clock (wrong driver clock, "
+          "clock jump); 0 = off (sim time without use_sim_time)", runtime=True, low=0.0),
+    Param("added_latency_s", 0.0, "TEST/BENCH KNOB: sleep after each inference (a slower model); 0 on a robot",
+          runtime=True, low=0.0),
     Param("command_type", "float64_array", "message type of ~/command", choices=ros_io.COMMAND_TYPES),
     Param("action_low", FROM_MODEL, "per-action lower limits", default_text="the model's action range"),
     Param("action_high", FROM_MODEL, "per-action upper limits", default_text="the model's action range"),
@@ -122,6 +127,10 @@ RUN_PARAMS = [
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
 ]
 PARAMS = MODEL_PARAMS + RUN_PARAMS
+# Parameters handed to PolicyController under their own names.
+CONTROLLER_OPTIONS = ("trigger", "merge", "ensemble_k", "action_low", "action_high", "max_delta", "max_obs_age_s",
+                      "watchdog_action", "enabled", "dry_run", "replan_every", "queue_low", "consistency",
+                      "added_latency_s", "max_plan_wait_s", "max_stamp_offset_s", "align_ticks")
 
 
 def default_model_path() -> str:
@@ -148,12 +157,9 @@ class PolicyNode(Node):
         p = declare_params(self, RUN_PARAMS + ros_io.camera_params(meta), {
             "control_rate_hz": float(meta.fps), "replan_every": int(meta.horizon),
             "action_low": [float(x) for x in meta.action_low], "action_high": [float(x) for x in meta.action_high]})
-        self._ctrl = PolicyController(
-            runtime, ros_io.state_sources(meta, p), rate_hz=p["control_rate_hz"], trigger=p["trigger"],
-            merge=p["merge"], ensemble_k=p["ensemble_k"], action_low=p["action_low"], action_high=p["action_high"],
-            max_delta=p["max_delta"], max_obs_age_s=p["max_obs_age_s"], watchdog_action=p["watchdog_action"],
-            enabled=p["enabled"], dry_run=p["dry_run"], replan_every=p["replan_every"], queue_low=p["queue_low"],
-            seed=first["seed"], model_source=first["model_path"])
+        self._ctrl = PolicyController(runtime, ros_io.state_sources(meta, p), rate_hz=p["control_rate_hz"],
+                                      seed=first["seed"], model_source=first["model_path"],
+                                      **{name: p[name] for name in CONTROLLER_OPTIONS})
         self._pending_model: PolicyRuntime | None = None  # validated by the on-set callback, swapped after
         self._control_priority = p["control_thread_priority"]
         self._control_scheduling = "none" if self._ctrl.lockstep else "other"  # until the thread says
@@ -190,12 +196,12 @@ class PolicyNode(Node):
         watch_params(self, PARAMS, self._apply_params, self._validate_params)
 
         self._stop, self._wake = threading.Event(), threading.Event()
-        self._threads = []
+        self._planning = threading.Lock()  # one planner at a time (the generator of eps is not shared)
+        self._threads = [threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)]
         if not self._ctrl.lockstep:
-            self._threads = [threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True),
-                             threading.Thread(target=self._control_loop, name="policy_control", daemon=True)]
-            for t in self._threads:
-                t.start()
+            self._threads.append(threading.Thread(target=self._control_loop, name="policy_control", daemon=True))
+        for t in self._threads:
+            t.start()
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics,
                           callback_group=MutuallyExclusiveCallbackGroup())
         commanding = "dry run" if p["dry_run"] else "enabled" if p["enabled"] else "disabled until ~/enable"
@@ -259,10 +265,11 @@ class PolicyNode(Node):
         self._refused(f"model update on {contracts.TOPIC_MODEL_UPDATE}", reason, f"update: {reason}")
 
     # --- observations ------------------------------------------------------------------------------------
-    def _observe(self, where: str, put: Callable[[], bool]) -> None:
-        """Hand one message's arrays to the controller; act when it says so, or count and log a bad one."""
+    def _observe(self, where: str, put: Callable[[int, float], bool]) -> None:
+        """Hand one message's arrays to the controller with its receipt times (ROS clock ns, monotonic s);
+        act when it says so, or count and log a bad one."""
         try:
-            act = put()
+            act = put(self._now_ns(), time.monotonic())
         except ObservationError as e:
             self._ctrl.reject(e)
             self.get_logger().warning(f"dropped a message from {where} ({e.kind}): {e}", throttle_duration_sec=1.0)
@@ -272,22 +279,19 @@ class PolicyNode(Node):
         elif act:
             self._wake.set()
 
+    # Header-less messages are stamped at receipt (stamp == receipt: no stamp check).
     def _array_cb(self, index: int) -> Callable[[Float32MultiArray], None]:
-        topic = self._ctrl.sources[index].topic
-        return lambda msg: self._observe(topic, lambda: self._ctrl.on_state_array(
-            index, np.frombuffer(msg.data, dtype=np.float32), self._now_ns(), time.monotonic()))
+        return lambda msg: self._observe(self._ctrl.sources[index].topic, lambda ns, now: self._ctrl.on_state_array(
+            index, np.frombuffer(msg.data, dtype=np.float32), ns, now, ns))
 
     def _joint_cb(self, index: int) -> Callable[[JointState], None]:
-        topic = self._ctrl.sources[index].topic
-        return lambda msg: self._observe(topic, lambda: self._ctrl.on_joint_state(
-            index, list(msg.name), ros_io.joint_fields(msg), ros_io.stamp_ns(msg.header.stamp) or self._now_ns(),
-            time.monotonic()))
+        return lambda msg: self._observe(self._ctrl.sources[index].topic, lambda ns, now: self._ctrl.on_joint_state(
+            index, list(msg.name), ros_io.joint_fields(msg), ros_io.stamp_ns(msg.header.stamp) or ns, now, ns))
 
     def _image_cb(self, cam: str, compressed: bool) -> Callable[[Image | CompressedImage], None]:
         # Decoding (the slow part) happens before the controller's lock is taken.
-        return lambda msg: self._observe(f"camera {cam}", lambda: self._ctrl.on_image(
-            cam, ros_io.image_rgb(msg, compressed), ros_io.stamp_ns(msg.header.stamp) or self._now_ns(),
-            time.monotonic()))
+        return lambda msg: self._observe(f"camera {cam}", lambda ns, now: self._ctrl.on_image(
+            cam, ros_io.image_rgb(msg, compressed), ros_io.stamp_ns(msg.header.stamp) or ns, now, ns))
 
     # --- operator inputs ---------------------------------------------------------------------------------
     def _on_estop(self, msg: Bool) -> None:
@@ -312,8 +316,9 @@ class PolicyNode(Node):
     def _plan(self) -> None:
         """Plan from the current observation and publish the chunk (one planning thread at a time)."""
         try:
-            plan = self._ctrl.plan(time.monotonic())
-        except NonFiniteChunk as e:
+            with self._planning:
+                plan = self._ctrl.plan(time.monotonic())
+        except DroppedChunk as e:
             self.get_logger().error(str(e), throttle_duration_sec=1.0)
             return
         if plan is None:
@@ -325,21 +330,24 @@ class PolicyNode(Node):
         self._chunk_pub.publish(msg)
 
     def _step(self) -> None:
-        """Lock-step: plan when due, then one tick, in the pacing observation's callback."""
+        """Trigger observation, in the pacing callback: plan when due (here or on the inference thread), tick."""
         try:
-            if self._ctrl.plan_due():
+            if (what := self._ctrl.step_plan()) == "plan":
                 self._plan()
+            elif what == "wake":
+                self._wake.set()
             self._tick()
         except Exception as e:  # keep the node alive; the log says what broke
             self.get_logger().error(f"lock-step tick: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
 
     def _inference_loop(self) -> None:
-        """Timer trigger: plan off the control thread whenever a tick or an observation asks for it."""
+        """Plan off the ticking thread whenever a tick or an observation asks for it."""
         while not self._stop.is_set():
-            self._wake.wait(0.05)
+            if not self._wake.wait(0.05):
+                continue
             self._wake.clear()
             try:
-                if self._ctrl.plan_due():
+                while self._ctrl.plan_due() and not self._stop.is_set():  # slow plans run back to back
                     self._plan()
             except Exception as e:  # keep the node alive; the log says what broke
                 self.get_logger().error(f"inference thread: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
@@ -362,7 +370,7 @@ class PolicyNode(Node):
         period = self._ctrl.period
         deadline = time.monotonic()
         while not self._stop.is_set():
-            deadline += period
+            deadline = self._ctrl.next_deadline(deadline + period)  # in phase with the robot's state stream
             delay = deadline - time.monotonic()
             if delay > SPIN_LEAD_S:
                 self._stop.wait(delay - SPIN_LEAD_S)
@@ -376,6 +384,7 @@ class PolicyNode(Node):
             while time.monotonic() < deadline:
                 pass
             try:
+                self._ctrl.wait_for_plan()  # a plan due before this tick: briefly
                 self._tick()
             except Exception as e:  # a bug in one tick must not end control; the log says what broke
                 self.get_logger().error(f"control tick: {type(e).__name__}: {e}", throttle_duration_sec=1.0)

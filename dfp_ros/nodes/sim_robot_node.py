@@ -7,9 +7,14 @@ into arrays and back through `dfp_ros.nodes.ros_io` (see docs/architecture.md).
 Parameters: the table `PARAMS` below (all read at start; docs/parameters.md lists them).
 
 Stepping:
-  realtime  a steady-clock timer at rate_hz steps once with the newest command not yet used (each
-            command is applied at most once; a newer one arriving first supersedes it). A tick that
-            does not step still publishes the current observation, freshly stamped, as a robot does.
+  realtime  a robot's controller: a steady-clock timer at rate_hz steps the physics once per tick with
+            the newest command not yet used. The actions are end-effector deltas, so a command is
+            consumed once (repeating a delta would be a motion): a tick without a fresh command steps a
+            zero action, i.e. holds still (counted: `holds`; hold_on_missing_command false skips the
+            step instead), and a command replaced by a newer one before a tick is never applied
+            (counted: `superseded_commands`). The state is published at every tick, so a policy paced by
+            it (trigger observation) answers in phase. A tick that does not step still publishes the
+            current observation, freshly stamped, as a robot does.
   lockstep  one step per received command, then the new observation is published at once, so an
             evaluation runs as fast as the policy answers. /clock carries simulated time (1/fps per
             step) for nodes with use_sim_time, and observations are stamped with it.
@@ -23,6 +28,8 @@ Topics published (contracts.py names):
   /episode               std_msgs/String: "start" after each reset, "success" or "timeout" at the end,
                          then "reset" (followed by the next "start")
   /clock                 rosgraph_msgs/Clock (lockstep only)
+  /diagnostics           every second: steps, holds, superseded and dropped commands, episodes,
+                         successes, and when commands arrive after a tick (command_after_tick_p50/p99_ms)
 /joint_states, /sim/state and the camera image of one observation carry the same stamp. The two
 observation topics are reliable and transient-local. Realtime: depth 1, so a node that joins late gets
 the current observation at once. Lockstep: depth 1000, so a passive reader (the learner, a recorder) loses
@@ -44,11 +51,13 @@ from __future__ import annotations
 import array
 import json
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -84,6 +93,7 @@ PARAMS: list[Param] = [
     Param("max_episodes", 0, "exit (code 0) after this many episodes; 0 = run forever", low=0),
     Param("hold_on_missing_command", True, "realtime: step a zero action (hold) when no fresh command arrived "
                                            "since the last tick; false = do not step that tick"),
+    Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages (0 = none)", low=0.0),
     Param("lockstep_republish_s", 1.0, "lockstep: republish the current observation (same stamp) after this long "
                                        "without a command, so a policy that missed one cannot deadlock; 0 = never",
           low=0.0),
@@ -137,6 +147,8 @@ class SimRobotNode(Node):
         self.dropped: Counter[str] = Counter()  # bad commands per ObservationError kind
         self.holds = 0
         self.superseded = 0
+        self._last_tick = 0.0  # realtime: monotonic time of the last timer tick
+        self._command_phase: deque[float] = deque(maxlen=400)  # command arrival - last tick, s
         self.finished = False  # max_episodes reached: main() stops spinning
         self._pending: np.ndarray | None = None  # realtime: newest command not yet stepped
         self._got_command = False
@@ -155,6 +167,7 @@ class SimRobotNode(Node):
                           if self._camera_ok else None)
         self.pub_clock = (self.create_publisher(ClockMsg, TOPIC_CLOCK, ros_io.LATCHED)
                           if self.mode == "lockstep" else None)
+        self.pub_diag = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
 
         self.sub_command = self.create_subscription(
             ros_io.COMMAND_MSG[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
@@ -163,6 +176,8 @@ class SimRobotNode(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._steady = steady
         self._last_command_time = steady.now()
+        if p["diagnostics_period_s"] > 0:
+            self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, clock=steady)
         if self.mode == "realtime":
             self.create_timer(1.0 / p["rate_hz"], self._on_tick, clock=steady)
             if self._camera_ok:
@@ -205,6 +220,8 @@ class SimRobotNode(Node):
         if self.mode == "lockstep":
             self._step(action)
         else:
+            if self._last_tick:
+                self._command_phase.append(time.monotonic() - self._last_tick)
             if self._pending is not None:
                 self.superseded += 1
             self._pending = action
@@ -212,6 +229,7 @@ class SimRobotNode(Node):
     def _on_tick(self) -> None:
         if self.finished:
             return
+        self._last_tick = time.monotonic()
         if self._pending is not None:
             action, self._pending = self._pending, None
         elif self._got_command and self.hold_on_missing:
@@ -325,6 +343,22 @@ class SimRobotNode(Node):
         if self._last_image is not None and self.pub_image is not None:
             self.pub_image.publish(self._last_image)
         self._publish_observation(state, stamp)
+
+    # --- diagnostics -------------------------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        phase = np.asarray(self._command_phase, np.float64) * 1e3
+        return {
+            "mode": self.mode, "episodes": self.episodes, "successes": self.successes, "steps": self.total_steps,
+            "holds": self.holds, "superseded_commands": self.superseded, "dropped_commands": self.dropped.total(),
+            **{f"dropped_{k}": n for k, n in sorted(self.dropped.items())},
+            "command_after_tick_p50_ms": float(np.percentile(phase, 50)) if phase.size else float("nan"),
+            "command_after_tick_p99_ms": float(np.percentile(phase, 99)) if phase.size else float("nan"),
+        }
+
+    def _publish_diagnostics(self) -> None:
+        self.pub_diag.publish(ros_io.diagnostics(f"{self.get_name()}: robot", self.get_fully_qualified_name(),
+                                                 DiagnosticStatus.OK, self.mode, self.counters(),
+                                                 self.get_clock().now().nanoseconds))
 
     # --- end ---------------------------------------------------------------------------------------
     def summary(self) -> str:

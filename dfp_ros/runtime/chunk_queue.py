@@ -54,12 +54,22 @@ class ChunkQueue:
         """How many ticks the queue can still serve (the re-plan-when-low rule reads this)."""
         return len(self._slots)
 
-    def push(self, chunk: np.ndarray, stamp: float, now: float) -> int:
-        """Queue a chunk computed from an observation at `stamp`; returns how many actions it skipped."""
+    def upcoming(self, n: int) -> np.ndarray:
+        """The actions the next `n` ticks would execute (fewer when fewer are queued), [<= n, A]."""
+        rows = [self._merged(self._slots[i]) for i in range(min(n, len(self._slots)))]
+        return np.asarray(rows, np.float64).reshape(len(rows), self.action_dim)
+
+    def push(self, chunk: np.ndarray, stamp: float, now: float, skip: int | None = None) -> int:
+        """Queue a chunk computed from an observation at `stamp`; returns how many actions it skipped.
+
+        `skip` (when given) is the number of ticks already executed since the observation, counted by
+        the caller; otherwise the whole periods between `stamp` and `now`."""
         chunk = np.asarray(chunk, dtype=np.float64)
         if chunk.ndim != 2 or chunk.shape[1] != self.action_dim:
             raise ValueError(f"chunk has shape {chunk.shape}, expected [H, {self.action_dim}]")
-        skip = min(ticks_elapsed(stamp, now, self.period), chunk.shape[0])
+        if skip is None:
+            skip = ticks_elapsed(stamp, now, self.period)
+        skip = min(max(0, int(skip)), chunk.shape[0])
         self.skipped += skip
         live = chunk[skip:]
         if self.merge == "newest":
@@ -82,7 +92,43 @@ class ChunkQueue:
         """The action for this tick (None when the queue is empty)."""
         if not self._slots:
             return None
-        proposals = self._slots.popleft()
+        return self._merged(self._slots.popleft())
+
+    def _merged(self, proposals: list[np.ndarray]) -> np.ndarray:
         if len(proposals) == 1:
             return proposals[0].copy()
         return np.average(np.stack(proposals), axis=0, weights=self.weights(len(proposals)))
+
+
+# --- hand-over between chunks ---------------------------------------------------------------------
+# "none": execute the model's chunk (best-of-N by the critic when it has one); "nearest": among the N
+# candidates the model returns, the one closest to the actions already queued for the ticks both cover,
+# so consecutive chunks agree where they overlap, or, with nothing queued, the one whose first action
+# continues the last one executed (with a critic: among the better half by Q).
+CONSISTENCY_MODES = ("none", "nearest")
+
+
+def pick_consistent(candidates: np.ndarray, committed: np.ndarray, skip: int, q: np.ndarray | None = None) -> int:
+    """Index of the candidate [N, H, A] whose actions from `skip` on are nearest (squared distance, the
+    first overlapping tick weighted most) to `committed` [K, A], the actions queued for the same ticks.
+    Nothing committed: the best by Q, else candidate 0."""
+    n = candidates.shape[0]
+    pool = np.arange(n)
+    if q is not None and n > 1:
+        pool = np.argsort(-np.asarray(q, np.float64).reshape(n))[: max(1, n // 2)]
+    overlap = min(len(committed), candidates.shape[1] - skip)
+    if overlap <= 0:
+        return int(pool[0])
+    diff = candidates[pool, skip:skip + overlap].astype(np.float64) - committed[None, :overlap]
+    # Weights 1, 1/2, 1/3, ...: the boundary tick matters most, later ticks will be re-planned anyway.
+    weights = 1.0 / np.arange(1, overlap + 1)
+    cost = (np.square(diff).sum(axis=2) * weights).sum(axis=1)
+    return int(pool[int(np.argmin(cost))])
+
+
+def boundary_jump(first: np.ndarray, reference: np.ndarray | None) -> float:
+    """Largest action change at a chunk boundary: the new chunk's first action against the action the
+    tick would have run (or ran last) without it; nan when there is no reference."""
+    if reference is None:
+        return float("nan")
+    return float(np.max(np.abs(np.asarray(first, np.float64) - np.asarray(reference, np.float64))))

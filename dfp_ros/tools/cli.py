@@ -22,6 +22,7 @@ EPILOG = """examples:
   dfp bench latency                                                # policy node in a real ROS graph
   dfp bench finetune                                               # weak BC policy -> RL through ROS
   dfp bench ablation --seeds 0,1                                   # success vs env steps: BC, K=1,2,4,8
+  dfp bench realtime --episodes 20                                 # success vs added inference delay, real time
   dfp convert-bag my_bag data/my_bag --fps 20 --state-topic /joint_states --action-topic /cmd  # bag -> dataset
   dfp replay models/cube.onnx data/my_bag                          # model vs recorded actions, open loop
 """
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime execution provider)")
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
-    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune,ablation}")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune,ablation,realtime}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
@@ -104,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "One run per arm and seed; see dfp_ros/tools/finetune_ablation.py for how "
                                      "it differs from the ROS graph.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba)):
+    br = bsub.add_parser("realtime", help="simulator in real time + policy with 0-200 ms of added inference delay: "
+                                          "success rate per delay for lock-step, real time as shipped and the "
+                                          "hand-over modes, chunk boundary jumps; PNG",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba), ("realtime", br)):
         bench_module(name).add_arguments(parser)
 
     cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
@@ -197,6 +202,8 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import finetune_bench as module
     elif name == "ablation":
         from dfp_ros.tools import finetune_ablation as module
+    elif name == "realtime":
+        from dfp_ros.tools import realtime_bench as module
     # Not benchmarks, but commands built the same way (add_arguments, run_from_args):
     elif name == "convert-bag":
         from dfp_ros.tools import convert_bag as module
