@@ -380,3 +380,15 @@ def test_wrong_size_state_dropped(robot):
     assert int(robot.diagnostics()["dropped_wrong_size"]) - before == 3
     assert robot.proc.poll() is None
 
+
+
+def test_a_gpu_provider_asked_for_by_name_and_missing_refuses_to_start_in_one_line(tmp_path):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has TensorRT")
+    proc = start_node(NODE, {"model_path": str(MODEL), "device": "tensorrt", "trt_fp16": True,
+                             "trt_cache_dir": str(tmp_path / "trt")}, ros_env(domain_id(offset=43)), log_dir=tmp_path)
+    assert proc.wait(timeout=60) == 1
+    log = proc.log()
+    assert "cannot start" in log and "device 'tensorrt' asked for" in log and "Traceback" not in log, log

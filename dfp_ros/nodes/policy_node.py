@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -56,11 +55,17 @@ from dfp_ros import contracts
 from dfp_ros.contracts import ContractError
 from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import executor_from_env, freeze_heap, run_node
-from dfp_ros.nodes.params import FROM_MODEL, Param, declare_params, watch_params
+from dfp_ros.nodes.params import declare_params, watch_params
+from dfp_ros.nodes.policy_params import (
+    CONTROLLER_OPTIONS,
+    MODEL_PARAMS,
+    PARAMS,
+    RUN_PARAMS,
+    default_model_path,
+    provider_options,
+)
 from dfp_ros.nodes.ros_io import ObservationError
-from dfp_ros.runtime.chunk_queue import CONSISTENCY_MODES, MERGE_RULES
 from dfp_ros.runtime.controller import (
-    TRIGGERS,
     DroppedChunk,
     PolicyController,
     acceptance_text,
@@ -68,11 +73,9 @@ from dfp_ros.runtime.controller import (
     model_bytes_mismatch,
 )
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
-from dfp_ros.runtime.safety import WATCHDOG_ACTIONS
 from dfp_ros.scheduling import describe_scheduling, make_thread_realtime
 
 NODE_NAME = "policy_node"
-BUNDLED_MODEL = "cube_single.onnx"
 # The control thread sleeps until this long before a deadline, then busy-waits holding the GIL: the
 # wake-up (timer slack, scheduler, taking the GIL back) costs ~0.05-0.3 ms here, and 0.3 ms of spinning
 # per tick is 1.5% of a core at 50 Hz.
@@ -82,76 +85,12 @@ SPIN_LEAD_S = 0.0003
 GIL_SWITCH_INTERVAL_S = 0.0005
 EPISODE_ENDS = ("success", "failure", "timeout", "reset")
 
-# Read first: the model gives the defaults of the parameters after it.
-MODEL_PARAMS = [
-    Param("model_path", FROM_MODEL, "ONNX model; set at run time to swap models (validated first)", runtime=True,
-          default_text="the bundled models/cube_single.onnx (package share dir under colcon, else the source tree)"),
-    Param("device", "auto", "ONNX Runtime execution provider", choices=("auto", "cpu", "cuda")),
-    Param("num_samples", 0, "candidates per inference (best-of-N with a critic); 0 = the model's", low=0),
-    Param("seed", 0, "seed of the numpy generator that draws eps"),
-]
-RUN_PARAMS = [
-    Param("control_rate_hz", FROM_MODEL, "control ticks per second (trigger timer); > 0",
-          default_text="the model's fps"),
-    Param("trigger", "timer", "observation: one tick per message of the first state source (the robot's state "
-          "paces the policy); timer: the node's own clock", choices=TRIGGERS),
-    Param("align_ticks", True, "timer: tick just after each first-source message while they come at the control "
-          "rate", runtime=True),
-    Param("max_plan_wait_s", 0.02, "longest wait of a tick for its plan; slower plans start ahead instead "
-          "(lock-step with a slower model: raise it)", runtime=True, low=0.0),
-    Param("replan_every", FROM_MODEL, "re-plan every this many ticks", runtime=True, low=1,
-          default_text="the model's horizon H"),
-    Param("queue_low", 1, "also re-plan when fewer than this many actions remain", runtime=True, low=0),
-    Param("merge", "newest", "a new chunk replaces the queue, or temporal ensembling", choices=MERGE_RULES),
-    Param("ensemble_k", 0.01, "ensembling weights w_i = exp(-k i), i = 0 the oldest chunk", runtime=True),
-    Param("consistency", "none", "chunk hand-over: none | nearest (the candidate closest to the queued actions)",
-          runtime=True, choices=CONSISTENCY_MODES),
-    Param("max_stamp_offset_s", 1.0, "refuse header stamps further than this from our clock (wrong driver clock, "
-          "clock jump); 0 = off (sim time without use_sim_time)", runtime=True, low=0.0),
-    Param("added_latency_s", 0.0, "TEST/BENCH KNOB: sleep after each inference (a slower model); 0 on a robot",
-          runtime=True, low=0.0),
-    Param("command_type", "float64_array", "message type of ~/command", choices=ros_io.COMMAND_TYPES),
-    Param("action_low", FROM_MODEL, "per-action lower limits", default_text="the model's action range"),
-    Param("action_high", FROM_MODEL, "per-action upper limits", default_text="the model's action range"),
-    Param("max_delta", 0.0, "max change of any action per tick; 0 = off", runtime=True, low=0.0),
-    Param("max_obs_age_s", 0.0, "older observations are stale; 0 = two control periods", runtime=True, low=0.0),
-    Param("watchdog_action", "stop", "while observations are stale: publish nothing, or repeat the last command",
-          runtime=True, choices=WATCHDOG_ACTIONS),
-    Param("enabled", False, "publish commands (~/enable true also clears an e-stop latch)", runtime=True),
-    Param("dry_run", False, "compute and publish chunks, never commands", runtime=True),
-    Param("control_thread_priority", 0, "SCHED_FIFO priority 1-99 of the control thread (needs CAP_SYS_NICE "
-          "or an rtprio limit, else a warning and ordinary scheduling); 0 = ordinary scheduling", low=0, high=99),
-    *ros_io.STATE_PARAMS,
-    Param("episode_topic", contracts.TOPIC_EPISODE, "std_msgs/String episode events; an episode's end clears "
-          "the queue ('' = off)"),
-    Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
-]
-PARAMS = MODEL_PARAMS + RUN_PARAMS
-# Parameters handed to PolicyController under their own names.
-CONTROLLER_OPTIONS = ("trigger", "merge", "ensemble_k", "action_low", "action_high", "max_delta", "max_obs_age_s",
-                      "watchdog_action", "enabled", "dry_run", "replan_every", "queue_low", "consistency",
-                      "added_latency_s", "max_plan_wait_s", "max_stamp_offset_s", "align_ticks")
-
-
-def default_model_path() -> str:
-    """The bundled model: the package's share dir under colcon, else the source tree's models/."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("dfp_ros")) / "models" / BUNDLED_MODEL
-        if shared.is_file():
-            return str(shared)
-    except Exception:  # not installed with colcon (pip / source checkout): fall through
-        pass
-    return str(Path(__file__).resolve().parents[2] / "models" / BUNDLED_MODEL)
-
-
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         first = declare_params(self, MODEL_PARAMS, {"model_path": default_model_path()})
-        self._device, self._num_samples = first["device"], first["num_samples"]
-        self.get_logger().info(f"loading model {first['model_path']} (device {self._device})")
+        self._device, self._num_samples = provider_options(first), first["num_samples"]
+        self.get_logger().info(f"loading model {first['model_path']} (device {first['device']})")
         runtime = self._load(first["model_path"])  # raises ContractError: the node cannot start without one
         meta = runtime.meta
         p = declare_params(self, RUN_PARAMS + ros_io.camera_params(meta), {
@@ -217,9 +156,10 @@ class PolicyNode(Node):
 
     # --- model updates (executor thread; the controller swaps between ticks) ------------------------------
     def _load(self, source: str | bytes) -> PolicyRuntime:
-        runtime, warm_up_s = load_policy(source, self._device, self._num_samples)
-        self.get_logger().info(f"model {runtime.source} sha256 {runtime.sha256[:12]}: {acceptance_text(runtime)}; "
-                               f"warm-up {warm_up_s * 1e3:.1f} ms")
+        runtime, load_s = load_policy(source, self._device, self._num_samples)
+        fallback = f" ({runtime.provider_fallback})" if runtime.provider_fallback else ""
+        self.get_logger().info(f"model {runtime.source} sha256 {runtime.sha256[:12]} on {runtime.providers[0]}"
+                               f"{fallback}: {acceptance_text(runtime)}; load + warm-up {load_s * 1e3:.1f} ms")
         return runtime
 
     def _load_for_swap(self, source: str | bytes) -> PolicyRuntime:

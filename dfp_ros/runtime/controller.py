@@ -59,6 +59,7 @@ from dfp_ros.runtime.chunk_queue import (
 )
 from dfp_ros.runtime.observation import ObservationAssembler, ObservationError, StateSource
 from dfp_ros.runtime.policy_runtime import PolicyRuntime, file_sha256
+from dfp_ros.runtime.providers import ProviderOptions
 from dfp_ros.runtime.safety import NO_ACTION, WATCHDOG_ACTIONS, SafetyFilter
 
 TRIGGERS = ("timer", "observation")
@@ -108,13 +109,15 @@ def acceptance_text(runtime: PolicyRuntime) -> str:
     return f"acceptance test passed on {a.provider} (error {a.max_action_error:.2g} <= {a.tolerance:g})"
 
 
-def load_policy(source: str | bytes, device: str = "auto", num_samples: int = 0) -> tuple[PolicyRuntime, float]:
-    """Load, validate and warm up a model (first-run allocations happen here, not on a tick).
+def load_policy(source: str | bytes, device: str | ProviderOptions = "auto",
+                num_samples: int = 0) -> tuple[PolicyRuntime, float]:
+    """Load, validate and warm up a model (first-run allocations, and a TensorRT engine build, happen
+    here, not on a tick).
 
-    Returns the runtime and the warm-up inference time (s); raises ContractError with the reason."""
+    Returns the runtime and the load + warm-up time (s); raises ContractError with the reason."""
+    t0 = time.perf_counter()
     runtime = PolicyRuntime(source, device=device, num_samples=num_samples or None)
     images = {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in runtime.meta.cameras}
-    t0 = time.perf_counter()
     try:
         runtime.act(np.zeros(runtime.meta.state_dim, np.float32), images, np.random.default_rng(0))
     except Exception as e:
@@ -666,6 +669,7 @@ class PolicyController:
                 "model_event": self._model_event,
                 "model_acceptance": acceptance_text(runtime),
                 "providers": ",".join(runtime.providers),
+                "provider_fallback": runtime.provider_fallback or "none",
                 "watchdog": watchdog,
                 "watchdog_action": safety.watchdog_action,
                 "safety_state": safety.state,
