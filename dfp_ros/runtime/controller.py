@@ -229,6 +229,8 @@ class PolicyController:
         self._ticks = self._commands = self._chunks = self._missed_ticks = 0
         self._ticks_without_action = 0  # enabled, observations fresh, but nothing queued for the tick
         self._act_s: deque[float] = deque(maxlen=20)  # recent inference times (+ added latency), s
+        self._act_p90_s: float | None = None  # their p90, updated when one is added (ticks read it)
+        self._pace_interval: float | None = None  # median interval of the arrivals below, updated with them
         self._skips: deque[int] = deque(maxlen=5)  # ticks that passed while recent plans ran
         self._plan_latency: deque[float] = deque(maxlen=500)  # pacing observation arrival -> chunk queued, s
         self._transport: deque[int] = deque(maxlen=500)  # header stamp -> arrival, ns (stamped messages)
@@ -311,6 +313,8 @@ class PolicyController:
         if source == 0:  # the pacing source: ticks are counted from its arrivals
             self._pace_tick, self._pace_received = self._ticks, now
             self._pace_arrivals.append(now)
+            if len(self._pace_arrivals) > ALIGN_ARRIVALS:
+                self._pace_interval = float(np.median(np.diff(np.asarray(self._pace_arrivals))))
             self._paced_since_clear = True
             self._plan_done.notify_all()  # a tick waiting for it (wait_for_plan)
         if self.lockstep:
@@ -322,7 +326,7 @@ class PolicyController:
     # --- planning -------------------------------------------------------------------------------------
     def _expected_plan_s(self) -> float:
         """Expected inference time (p90 of recent ones; before any, the added latency)."""
-        return float(np.percentile(self._act_s, 90)) if self._act_s else self._added_latency_s
+        return self._added_latency_s if self._act_p90_s is None else self._act_p90_s
 
     def _sync(self) -> bool:
         """Plans are expected within max_plan_wait_s: the tick waits for its plan (no lead)."""
@@ -397,9 +401,9 @@ class PolicyController:
         """Median interval of the pacing source's recent arrivals; None when it does not stream (too few
         arrivals, none lately, or trigger observation)."""
         arrivals = self._pace_arrivals
-        if self.lockstep or len(arrivals) <= ALIGN_ARRIVALS or now - arrivals[-1] > 2 * self.period:
+        if self.lockstep or self._pace_interval is None or now - arrivals[-1] > 2 * self.period:
             return None
-        return float(np.median(np.diff(np.asarray(arrivals))))
+        return self._pace_interval
 
     def _streaming(self, now: float) -> bool:
         """The pacing source comes at least at the control rate: the next state arrives before the next tick,
@@ -469,6 +473,7 @@ class PolicyController:
     def _queue_plan(self, result: Any, stamp_ns: int, runtime: PolicyRuntime, latency: float, obs_tick: int,
                     pace_received: float, oldest_received: float, generation: int) -> PlanResult | None:
         self._act_s.append(latency)
+        self._act_p90_s = float(np.percentile(self._act_s, 90))
         if generation != self._generation:  # the queue was cleared meanwhile (episode end, enable)
             return None
         skip = self._ticks - obs_tick
