@@ -106,9 +106,18 @@ class ContractError(ValueError):
 TOPIC_JOINT_STATES = "joint_states"
 TOPIC_SIM_STATE = "sim/state"  # std_msgs/Float32MultiArray: the simulator's full state vector
 TOPIC_SIM_STATE_NAMES = "sim/state_names"  # std_msgs/String, latched: JSON list naming sim/state
-TOPIC_SIM_CAMERA = "sim/camera/image_raw"
+TOPIC_SIM_CAMERA = "sim/camera/image_raw"  # the simulator's front (scene) camera
+TOPIC_SIM_WRIST_CAMERA = "sim/wrist_camera/image_raw"  # the simulator's camera on the gripper
 TOPIC_POLICY_COMMAND = "policy_node/command"  # the policy node's ~/command under its default name
 TOPIC_POLICY_CHUNK = "policy_node/action_chunk"
+# trajectory_msgs/JointTrajectory, one point per control tick: the command published after the safety
+# filter; header.frame_id says who produced it (policy | human | hold), header.stamp is the observation's.
+TOPIC_POLICY_EXECUTED = "policy_node/executed"
+# Human takeover (joy_teleop_node -> policy_node): commands in the policy's action units and order
+# (std_msgs/Float64MultiArray; executed only while the human holds the robot), and whether the dead-man
+# is held (std_msgs/Bool, latched; sent at each change and at the command rate while the device is heard).
+TOPIC_TELEOP_COMMAND = "teleop/command"
+TOPIC_TELEOP_ENGAGED = "teleop/engaged"
 TOPIC_CAMERA = "camera/camera/color/image_raw"
 TOPIC_REWARD = "reward"
 TOPIC_EPISODE = "episode"
@@ -117,3 +126,19 @@ TOPIC_DIAGNOSTICS = "/diagnostics"
 TOPIC_MODEL_UPDATE = "dfp/model_update"
 
 EPISODE_EVENTS = ("start", "success", "failure", "timeout", "reset")
+
+
+def sim_camera_topic(camera: str) -> str:
+    """The topic of a simulated camera ('front', 'wrist'); ValueError for another name."""
+    topics = {"front": TOPIC_SIM_CAMERA, "wrist": TOPIC_SIM_WRIST_CAMERA}
+    if camera not in topics:
+        raise ValueError(f"no simulated camera {camera!r}; there are {tuple(topics)}")
+    return topics[camera]
+
+
+# Operator words on the same topic (joy_teleop_node's buttons), for the learner: throw the episode in
+# progress away, pause / resume learning. Consumers that have no use for one ignore it.
+EPISODE_DISCARD = "discard"
+EPISODE_PAUSE = "pause"
+EPISODE_RESUME = "resume"
+OPERATOR_EVENTS = (EPISODE_DISCARD, EPISODE_PAUSE, EPISODE_RESUME)

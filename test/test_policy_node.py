@@ -1,7 +1,7 @@
 """policy_node as a real separate process over DDS, on an isolated graph (test/ros_graph.py).
 
 The test process plays the robot: it publishes /sim/state at 20 Hz and watches ~/action_chunk,
-~/command and /diagnostics.
+~/command, ~/executed and /diagnostics; for the human takeover it also plays a teleop device.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ NODE = "dfp_ros.nodes.policy_node"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "cube_single.onnx"
 PERIOD = 0.05  # the bundled model's 20 Hz
 STATE_DIM = 28
+HUMAN = [0.5, -0.25, 0.125, 0.0, 0.25]  # a teleop command inside the model's action range: executed as sent
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,9 @@ class Robot:
         self.graph = graph
         self.state_pub = graph.publisher("/sim/state", Float32MultiArray)
         self.estop_pub = graph.publisher("/estop", Bool)
+        self.teleop_pub = graph.publisher("/teleop/command", Float64MultiArray)
+        self.engaged_pub = graph.publisher("/teleop/engaged", Bool)
+        self.executed = graph.collect("/policy_node/executed", JointTrajectory)
         self.chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
         self.commands = graph.collect("/policy_node/command", Float64MultiArray)
         self.diag = graph.collect("/diagnostics", DiagnosticArray)
@@ -52,6 +56,7 @@ class Robot:
         # this 2-core machine delays our /sim/state enough to trip the node's 2-period watchdog.
         self.clients = {SetBool: graph.node.create_client(SetBool, "/policy_node/enable"),
                         SetParameters: graph.node.create_client(SetParameters, "/policy_node/set_parameters")}
+        self.intervene = graph.node.create_client(SetBool, "/policy_node/intervene")
 
     def state(self, nan: bool = False) -> Float32MultiArray:
         values = self.rng.uniform(-0.5, 0.5, STATE_DIM).astype(np.float32)
@@ -59,12 +64,15 @@ class Robot:
             values[3] = np.nan
         return Float32MultiArray(data=values.tolist())
 
-    def feed(self, seconds: float, nan_every: int = 0) -> None:
-        """Publish /sim/state at 20 Hz for `seconds`, spinning in between."""
+    def feed(self, seconds: float, nan_every: int = 0, teleop: list[float] | None = None) -> None:
+        """Publish /sim/state at 20 Hz for `seconds` (and `teleop` on /teleop/command before each), spinning
+        in between."""
         n = 0
         next_t = time.monotonic()
         end = next_t + seconds
         while time.monotonic() < end:
+            if teleop is not None:
+                self.teleop_pub.publish(Float64MultiArray(data=teleop))
             self.published.append((time.time_ns(), time.monotonic()))
             self.state_pub.publish(self.state(nan=bool(nan_every) and n % nan_every == nan_every - 1))
             n += 1
@@ -87,8 +95,8 @@ class Robot:
                 for m, a in zip(self.diag.messages, self.diag.arrivals, strict=True) if a > t
                 for st in m.status if "policy_node" in st.name]
 
-    def call(self, srv_type, request, timeout: float = 10.0):
-        client = self.clients[srv_type]
+    def call(self, srv_type, request, timeout: float = 10.0, client=None):
+        client = client or self.clients[srv_type]
         assert self.graph.spin_until(client.service_is_ready, timeout), f"service {client.srv_name} not available"
         future = client.call_async(request)
         assert self.graph.spin_until(future.done, timeout), f"service {client.srv_name} did not answer"
@@ -117,6 +125,9 @@ class Robot:
 
     def commands_after(self, t: float) -> list[Float64MultiArray]:
         return [m for m, a in zip(self.commands.messages, self.commands.arrivals, strict=True) if a > t]
+
+    def executed_after(self, t: float) -> list[JointTrajectory]:
+        return [m for m, a in zip(self.executed.messages, self.executed.arrivals, strict=True) if a > t]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +164,8 @@ def fresh_node(request):
     assert robot.set_param("dry_run", False).successful
     assert robot.set_param("model_path", str(MODEL)).successful
     assert robot.call(SetBool, SetBool.Request(data=True)).success  # clears an e-stop latch too
+    robot.engaged_pub.publish(Bool(data=False))  # no human holds the robot
+    assert robot.call(SetBool, SetBool.Request(data=False), client=robot.intervene).success
     robot.feed(0.3)
     yield
 
@@ -315,6 +328,22 @@ def test_lockstep_one_command_per_observation(tmp_path):
             assert r.commands.count == 12  # one per observation, none from a timer
             assert r.chunks.count == 3  # H = 5: re-planned at observations 0, 5, 10
             assert np.median(waits) < 0.02, f"lock-step answers too slowly: {waits}"
+
+            # Human takeover and hand-back: still exactly one command per observation, each acting on it.
+            assert graph.wait_matched(r.engaged_pub) and graph.wait_matched(r.teleop_pub)
+            for i, engaged in enumerate([None] * 2 + [True] + [None] * 3 + [False] + [None] * 3):
+                if engaged is not None:
+                    r.engaged_pub.publish(Bool(data=engaged))
+                r.teleop_pub.publish(Float64MultiArray(data=HUMAN))
+                graph.spin_for(0.05)  # the switch and the command before the observation
+                r.state_pub.publish(r.state())
+                assert r.executed.wait_for(13 + i, timeout=2.0), f"no command for observation {12 + i}:\n{proc.log()}"
+            graph.spin_for(0.2)
+            frames = [m.header.frame_id for m in r.executed.messages]
+            assert frames == ["policy"] * 14 + ["human"] * 4 + ["policy"] * 4, frames
+            stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in r.executed.messages]
+            assert (np.diff(stamps) > 0).all(), "consecutive observations' stamps: none missing, none doubled"
+            assert r.commands.count == 22
     finally:
         stop(proc)
 
@@ -380,6 +409,66 @@ def test_wrong_size_state_dropped(robot):
     assert int(robot.diagnostics()["dropped_wrong_size"]) - before == 3
     assert robot.proc.poll() is None
 
+
+
+def test_human_takeover_and_hand_back_keep_ticking(robot, model):
+    """The dead-man (teleop/engaged) hands the robot to the teleop commands and back: ~/executed says
+    policy -> human -> policy with no tick lost at the switches, the human's ticks carry the human's
+    command, and ~/command is the same stream. (One tick per observation exactly: the lock-step test.)"""
+    before = robot.diagnostics()
+    t = time.monotonic()
+    robot.feed(0.5, teleop=HUMAN)  # sent but not engaged: ignored
+    robot.engaged_pub.publish(Bool(data=True))
+    robot.feed(1.0, teleop=HUMAN)
+    robot.engaged_pub.publish(Bool(data=False))
+    robot.feed(1.0, teleop=HUMAN)
+    robot.graph.spin_for(0.1)
+    executed = robot.executed_after(t)
+    frames = [m.header.frame_id for m in executed]
+    runs = [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
+    assert runs == ["policy", "human", "policy"], runs
+    assert frames.count("human") >= 15, frames
+    stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in executed])
+    assert (np.diff(stamps) >= 0).all(), "each tick acts on the newest observation"
+    # Timer ticks against the test's jittery 20 Hz stream: a tick may act on the same observation as the one
+    # before (the next one came late), but the ticks go on (the same bound as a model swap's).
+    arrivals = [a for a in robot.executed.arrivals if a > t]
+    assert max(np.diff(arrivals)) < 2.5 * PERIOD, "a tick lost at a switch"
+    for m in executed:
+        assert list(m.joint_names) == model.meta.action_names
+        if m.header.frame_id == "human":
+            np.testing.assert_allclose(m.points[0].positions, HUMAN)
+    commands = robot.commands_after(t)
+    assert len(commands) == len(executed)
+    np.testing.assert_allclose([c.data for c in commands], [m.points[0].positions for m in executed])
+    after = robot.diagnostics()
+    assert int(after["interventions"]) == int(before["interventions"]) + 1 and after["intervening"] == "false"
+    assert int(after["human_ticks"]) - int(before["human_ticks"]) == frames.count("human")
+
+
+def test_teleop_silent_while_engaged_stops_until_released(robot):
+    """A teleop device that goes silent while it holds the robot: the watchdog stops it (stop), the policy
+    does not take over; ~/intervene false hands back."""
+    before = int(robot.diagnostics()["teleop_timeouts"])
+    assert robot.call(SetBool, SetBool.Request(data=True), client=robot.intervene).success
+    t = time.monotonic()
+    robot.feed(0.3, teleop=HUMAN)
+    silent = time.monotonic()
+    robot.feed(1.0)  # observations go on, teleop commands stop
+    frames = [m.header.frame_id for m in robot.executed_after(t)]
+    assert set(frames) == {"human"}, frames
+    late = robot.commands_after(silent + 0.25 + 2 * PERIOD)  # teleop_timeout_s, and a tick in flight
+    assert not late, f"{len(late)} commands after the teleop device went silent"
+    diag = robot.diagnostics()
+    assert diag["control"] == "lost" and int(diag["teleop_timeouts"]) == before + 1
+    assert diag["safety_state"] == "teleop_stop"
+    assert "teleop silent while the human held the robot" in robot.proc.log()
+    resp = robot.call(SetBool, SetBool.Request(data=False), client=robot.intervene)
+    assert resp.success and "control" in resp.message
+    t = time.monotonic()
+    robot.feed(0.6)
+    frames = [m.header.frame_id for m in robot.executed_after(t)]
+    assert len(frames) >= 5 and set(frames) == {"policy"}, frames
 
 
 def test_a_gpu_provider_asked_for_by_name_and_missing_refuses_to_start_in_one_line(tmp_path):

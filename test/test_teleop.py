@@ -1,11 +1,11 @@
-"""Joystick teleoperation: the mapping (ROS-free) and joy_teleop_node over DDS."""
+"""Joystick teleoperation: the mapping and the episode buttons (ROS-free), and joy_teleop_node over DDS."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dfp_ros.data.teleop import JoyMapping
+from dfp_ros.data.teleop import PAUSE_RESUME, EpisodeButtons, JoyMapping
 
 
 def pad(**kw) -> JoyMapping:
@@ -52,27 +52,68 @@ def test_deadman_release_and_bad_messages():
         pad(low=[2.0, -1.0, -1.0])
 
 
-def test_joy_teleop_node_publishes_only_with_the_deadman_held(tmp_path):
+def test_episode_buttons_fire_once_per_press():
+    b = EpisodeButtons({"success": 3, "failure": 2, PAUSE_RESUME: 7, "discard": -1}, debounce_s=0.3)
+    pressed = [0, 0, 0, 1, 0, 0, 0, 0]
+    assert b.update([0] * 8, 0.0) == []
+    assert b.update(pressed, 0.1) == ["success"]
+    assert b.update(pressed, 0.15) == [], "held (a driver repeating the state): no second event"
+    assert b.update([0] * 8, 0.2) == [] and b.update(pressed, 0.25) == [], "a bounce within debounce_s"
+    assert b.update([0] * 8, 0.5) == [] and b.update(pressed, 0.6) == ["success"], "a second press"
+    both = [0, 0, 1, 0, 0, 0, 0, 1]
+    assert b.update(both, 1.0) == ["failure", "pause"]
+    assert b.update([0] * 8, 1.1) == [] and b.update(both, 1.5) == ["failure", "resume"], "pause, resume by turns"
+    with pytest.raises(ValueError, match="has 4 buttons; episode button 7"):
+        b.update([0] * 4, 2.0)
+    with pytest.raises(ValueError, match="both success and failure"):
+        EpisodeButtons({"success": 3, "failure": 3})
+    with pytest.raises(ValueError, match=r"\[4\] also move the robot"):
+        EpisodeButtons({"success": 4}, taken=pad().buttons_used)
+
+
+def test_joy_teleop_node_deadman_engaged_and_episode_buttons(tmp_path):
+    """Commands and `engaged` true only with the dead-man held, false when released, nothing at all once the
+    device is gone; an episode button publishes one event per press."""
     pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
-    from ros_graph import RosGraph, domain_id, ros_env, running_node
+    from ros_graph import RosGraph, domain_id, latched_qos, ros_env, running_node
     from sensor_msgs.msg import Joy
-    from std_msgs.msg import Float64MultiArray
+    from std_msgs.msg import Bool, Float64MultiArray, String
 
     dom = domain_id(130)
     with RosGraph(dom) as g, running_node("dfp_ros.nodes.joy_teleop_node", {"rate_hz": 50.0, "released": "none"},
                                           ros_env(dom), log_dir=tmp_path) as proc:
         cmds = g.collect("/policy_node/command", Float64MultiArray)
+        engaged = g.collect("/teleop/engaged", Bool, latched_qos(depth=100))
+        events = g.collect("/episode", String)
         joy = g.publisher("/joy", Joy)
         assert g.wait_matched(joy, timeout=30.0), proc.log()
-        joy.publish(Joy(axes=[0.0, 1.0, 0.0, 0.0, 0.0], buttons=[0] * 8))  # dead-man not held
-        g.spin_for(0.3)
+        assert g.spin_until(lambda: events.subscription.get_publisher_count() >= 1, 10.0)
+
+        def send(buttons: list[int], times: int = 1, axes: tuple = (0.0, 1.0, 0.0, 0.0, 0.0)) -> None:
+            for _ in range(times):  # at the joy driver's autorepeat rate
+                joy.publish(Joy(axes=list(axes), buttons=buttons))
+                g.spin_for(0.03)
+
+        send([0] * 8, 10)  # dead-man not held
         assert cmds.count == 0
-        for _ in range(10):
-            joy.publish(Joy(axes=[0.0, 1.0, 0.0, 0.0, 0.0], buttons=[1, 0, 0, 0, 1, 0, 0, 0]))
-            g.spin_for(0.03)
+        assert engaged.wait_for(3, timeout=5.0) and not any(m.data for m in engaged.messages), proc.log()
+        send([1, 0, 0, 0, 1, 0, 0, 0], 10)
         assert cmds.wait_for(3, timeout=5.0), proc.log()
         np.testing.assert_allclose(cmds.last.data, [1.0, 0.0, 0.0, 0.0, 1.0])  # up = +x, A = close
-        g.spin_for(0.7)  # no Joy for longer than joy_timeout_s (0.5 s): released -> nothing is sent
-        n = cmds.count
+        assert engaged.last.data is True
+        send([0] * 8, 5)
+        g.spin_for(0.1)
+        assert engaged.last.data is False, "released: an explicit release"
+        g.spin_for(0.7)  # no Joy for longer than joy_timeout_s (0.5 s): the device is gone
+        n, m = cmds.count, engaged.count
         g.spin_for(0.4)
-        assert cmds.count == n
+        assert (cmds.count, engaged.count) == (n, m), "a gone device publishes neither commands nor a release"
+
+        success = [0, 0, 0, 1, 0, 0, 0, 0]
+        send(success, 8)  # held for 0.24 s: one press
+        send([0] * 8, 12)
+        send(success, 3)  # a second press
+        send([0] * 8, 1)
+        send([0, 0, 0, 0, 0, 0, 0, 1], 2)  # Start: pause
+        g.spin_for(0.3)
+        assert [e.data for e in events.messages] == ["success", "success", "pause"], proc.log()

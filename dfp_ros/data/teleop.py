@@ -9,11 +9,15 @@ None (publish nothing).
 
 The dead zone removes a stick's rest noise and rescales the rest so the output is continuous:
 |x| <= d -> 0, else sign(x) * (|x| - d) / (1 - d).
+
+`EpisodeButtons` turns operator buttons into episode events (success, failure, discard, pause /
+resume), one per press: an event fires when its button goes from released to pressed between two Joy
+messages, and not again within `debounce_s` (a bouncing contact; drivers repeat the pressed state).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +52,19 @@ class JoyMapping:
             raise ValueError(f"released must be 'zero' or 'none', got {self.released!r}")
 
     @property
+    def buttons_used(self) -> set[int]:
+        """The Joy buttons this mapping reads (the dead-man and the action buttons)."""
+        return {b for b in (self.deadman_button, *self.plus, *self.minus) if b >= 0}
+
+    def held(self, buttons: Sequence[int]) -> bool:
+        """Whether the dead-man is held (always, without one). Raises ValueError when the message lacks it."""
+        if self.deadman_button < 0:
+            return True
+        if self.deadman_button >= len(buttons):
+            raise ValueError(f"the Joy message has {len(buttons)} buttons; button {self.deadman_button} is configured")
+        return bool(buttons[self.deadman_button])
+
+    @property
     def dim(self) -> int:
         return len(self.axis)
 
@@ -74,7 +91,7 @@ class JoyMapping:
                 raise ValueError(f"the Joy message has {len(buttons)} buttons; button {i} is configured")
             return 1 if buttons[i] else 0
 
-        if self.deadman_button >= 0 and not button(self.deadman_button):
+        if not self.held(buttons):
             return self.released_action()
         out = np.zeros(self.dim)
         for k in range(self.dim):
@@ -88,3 +105,51 @@ class JoyMapping:
                 out[k] += self.scale[k] * self._dz(x)
             out[k] += self.button_value[k] * (button(self.plus[k]) - button(self.minus[k]))
         return np.clip(out, self.low, self.high)
+
+
+# The event word of a button that alternates between two events: pause, then resume, then pause...
+PAUSE_RESUME = "pause_resume"
+
+
+class EpisodeButtons:
+    """Joy buttons -> episode event words, one per press (see the module docstring)."""
+
+    def __init__(self, buttons: dict[str, int], debounce_s: float = 0.3, taken: Iterable[int] = (),
+                 pause_resume: tuple[str, str] = ("pause", "resume")):
+        """`buttons`: event word (or PAUSE_RESUME) -> Joy button, -1 = none; `taken`: buttons the action
+        mapping reads (a press must not move the robot and end an episode at once). ValueError on a clash."""
+        self.buttons = {word: int(b) for word, b in buttons.items() if b >= 0}
+        seen: dict[int, str] = {}
+        for word, b in self.buttons.items():
+            if b in seen:
+                raise ValueError(f"button {b} is both {seen[b]} and {word}")
+            seen[b] = word
+        clash = sorted(set(seen) & set(taken))
+        if clash:
+            raise ValueError(f"episode button(s) {clash} also move the robot (dead-man or action buttons)")
+        if not debounce_s >= 0:
+            raise ValueError(f"debounce_s must be >= 0, got {debounce_s}")
+        self.debounce_s = float(debounce_s)
+        self.pause_resume = pause_resume
+        self.paused = False
+        self._down: dict[int, bool] = {}  # button -> pressed in the previous message
+        self._fired: dict[int, float] = {}  # button -> when it last fired
+
+    def update(self, buttons: Sequence[int], now: float) -> list[str]:
+        """The events one Joy message's buttons fire (`now`: seconds on any monotonic clock).
+
+        Raises ValueError when the message lacks a configured button (nothing fires, nothing changes)."""
+        if self.buttons and max(self.buttons.values()) >= len(buttons):
+            raise ValueError(f"the Joy message has {len(buttons)} buttons; episode button "
+                             f"{max(self.buttons.values())} is configured")
+        events = []
+        for word, b in self.buttons.items():
+            down, was = bool(buttons[b]), self._down.get(b, False)
+            self._down[b] = down
+            if down and not was and now - self._fired.get(b, -np.inf) >= self.debounce_s:
+                self._fired[b] = now
+                if word == PAUSE_RESUME:
+                    word = self.pause_resume[self.paused]
+                    self.paused = not self.paused
+                events.append(word)
+        return events

@@ -316,6 +316,8 @@ class CollectNode(Node):
         self.session.on_command(self._t(info), action)
 
     def _on_episode(self, msg: String, info: Any) -> None:
+        if msg.data in contracts.OPERATOR_EVENTS:  # for the learner (pause, resume, discard): not the recorder's
+            return
         if msg.data not in contracts.EPISODE_EVENTS:
             self.session.count_bad("episode", "unknown_event", f"unknown event {msg.data!r}")
             return

@@ -16,6 +16,11 @@ optionally prefixed "sha256:") in. A new model (that topic, or `model_path` set 
 loaded and validated on the executor thread and swapped between ticks; a refused one leaves the old
 model running and its reason goes back in the SetParametersResult and to the log.
 
+Human takeover (runtime/takeover.py): `teleop_topic` (Float64MultiArray in the policy's action units)
+drives the robot instead of the policy while `teleop_engaged_topic` (Bool, joy_teleop_node's dead-man)
+or `~/intervene` (SetBool) says the human holds it; `~/executed` (a one-point JointTrajectory per
+command published: frame_id policy | human | hold, stamp = the observation's) says who drove each tick.
+
 Threads: inference on its own (ONNX Runtime releases the GIL), callbacks on one executor thread
 (EventsExecutor or SingleThreadedExecutor: this rclpy's MultiThreadedExecutor delivered messages ~100 ms
 late), so neither a slow inference nor loading a new model delays a tick.
@@ -47,7 +52,7 @@ from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float32MultiArray, String, UInt8MultiArray
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -83,7 +88,9 @@ SPIN_LEAD_S = 0.0003
 # Longest a thread that wants the GIL waits before the holder is asked to drop it (Python default 5 ms).
 # Above SPIN_LEAD_S, so the control thread's final spin keeps the GIL it holds.
 GIL_SWITCH_INTERVAL_S = 0.0005
-EPISODE_ENDS = ("success", "failure", "timeout", "reset")
+EPISODE_ENDS = ("success", "failure", "timeout", "reset", contracts.EPISODE_DISCARD)
+CONTROL_LOG = {"human": "human takeover: teleop commands drive the robot", "policy": "control back to the policy",
+               "lost": "teleop silent while the human held the robot: watchdog ({action}) until released"}
 
 class PolicyNode(Node):
     def __init__(self) -> None:
@@ -103,6 +110,7 @@ class PolicyNode(Node):
         self._control_priority = p["control_thread_priority"]
         self._control_scheduling = "none" if self._ctrl.lockstep else "other"  # until the thread says
         self._last_state = self._last_watchdog = ""
+        self._last_control = "policy"
 
         # Separate groups keep these independent if the node is composed into a multi-threaded executor.
         obs_group, ops_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
@@ -111,6 +119,8 @@ class PolicyNode(Node):
         self._cmd = ros_io.CommandMessage(p["command_type"], list(meta.action_names), self._ctrl.period)
         self._cmd_stamped = p["command_type"] != "float64_array"
         self._cmd_pub = self.create_publisher(ros_io.COMMAND_MSG[p["command_type"]], "~/command", 10)
+        self._executed = ros_io.ExecutedMessage(list(meta.action_names))
+        self._executed_pub = self.create_publisher(JointTrajectory, "~/executed", 100)  # one per tick: deeper
         self._diag_pub = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
         # Cameras first and the first state source (which paces lock-step ticks) last: when several
         # messages are ready at once the executor takes them in this order, so a tick finds the frame and
@@ -132,6 +142,14 @@ class PolicyNode(Node):
             self.create_subscription(String, p["episode_topic"], self._on_episode, 10, callback_group=ops_group)
         self.create_subscription(UInt8MultiArray, contracts.TOPIC_MODEL_UPDATE, self._on_model_update,
                                  ros_io.LATCHED, callback_group=MutuallyExclusiveCallbackGroup())
+        self._teleop = p["teleop_topic"]
+        if self._teleop:  # best effort: matches any device's writer; the newest command is what counts
+            self.create_subscription(Float64MultiArray, self._teleop, self._on_teleop, qos_profile_sensor_data,
+                                     callback_group=obs_group)
+            if p["teleop_engaged_topic"]:  # volatile: matches any writer (joy_teleop_node repeats it)
+                self.create_subscription(Bool, p["teleop_engaged_topic"], lambda m: self._ctrl.set_engaged(
+                    m.data, time.monotonic()), 10, callback_group=ops_group)
+        self.create_service(SetBool, "~/intervene", self._on_intervene, callback_group=ops_group)
         watch_params(self, PARAMS, self._apply_params, self._validate_params)
 
         self._stop, self._wake = threading.Event(), threading.Event()
@@ -246,6 +264,21 @@ class PolicyNode(Node):
         if msg.data in EPISODE_ENDS:
             self._ctrl.on_episode_end()
 
+    def _on_teleop(self, msg: Float64MultiArray) -> None:
+        try:
+            self._ctrl.on_teleop(np.frombuffer(msg.data, np.float64), time.monotonic())
+        except ObservationError as e:
+            self._ctrl.reject(e)
+            self.get_logger().warning(f"dropped a teleop command ({e.kind}): {e}", throttle_duration_sec=1.0)
+
+    def _on_intervene(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        if not self._teleop:
+            response.success, response.message = False, "teleop_topic is '': no human commands to take over with"
+            return response
+        self._ctrl.intervene(bool(request.data), time.monotonic())
+        response.success, response.message = True, f"control: {self._ctrl.control}"
+        return response
+
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         message = self._ctrl.enable(bool(request.data))
         self.get_logger().info(f"~/enable({request.data}): {message}")
@@ -336,9 +369,17 @@ class PolicyNode(Node):
             self._wake.set()
         if tick.command is not None:
             self._cmd_pub.publish(self._cmd.fill(tick.command, self._now_ns() if self._cmd_stamped else 0))
+            self._executed_pub.publish(self._executed.fill(tick.command, tick.stamp_ns, tick.source))
         self._log_transitions(tick.safety_state, tick.watchdog)
 
     def _log_transitions(self, state: str, watchdog: str) -> None:
+        if (control := self._ctrl.control) != self._last_control:
+            text = CONTROL_LOG[control].format(action=self._ctrl.watchdog_action)
+            if control == "lost":  # (rclpy wants one severity per call site)
+                self.get_logger().error(text)
+            else:
+                self.get_logger().info(text)
+            self._last_control = control
         if watchdog != self._last_watchdog:
             if watchdog == "stale":
                 missing = ", ".join(self._ctrl.missing(time.monotonic())) or "-"
@@ -357,6 +398,8 @@ class PolicyNode(Node):
         values["control_thread_scheduling"] = self._control_scheduling
         if values["estop"]:
             level, message = DiagnosticStatus.ERROR, "e-stop latched"
+        elif values["control"] == "lost":
+            level, message = DiagnosticStatus.ERROR, "teleop lost while the human held the robot"
         elif values["watchdog"] == "stale":
             level, message = DiagnosticStatus.WARN, "observations stale"
         else:

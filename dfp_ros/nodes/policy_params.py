@@ -67,13 +67,20 @@ RUN_PARAMS = [
     *ros_io.STATE_PARAMS,
     Param("episode_topic", contracts.TOPIC_EPISODE, "std_msgs/String episode events; an episode's end clears "
           "the queue ('' = off)"),
+    Param("teleop_topic", contracts.TOPIC_TELEOP_COMMAND, "std_msgs/Float64MultiArray human commands (the "
+          "policy's action units and order), executed while the human holds the robot ('' = no takeover)"),
+    Param("teleop_engaged_topic", contracts.TOPIC_TELEOP_ENGAGED, "std_msgs/Bool: the teleop device's dead-man "
+          "is held (the human takes over); ~/intervene (SetBool) does the same"),
+    Param("teleop_timeout_s", 0.25, "no human command for this long while the human holds the robot: the "
+          "watchdog action until released (never the policy)", runtime=True, low=0.001),
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
 ]
 PARAMS = MODEL_PARAMS + RUN_PARAMS
 # Parameters handed to PolicyController under their own names.
 CONTROLLER_OPTIONS = ("trigger", "merge", "ensemble_k", "action_low", "action_high", "max_delta", "max_obs_age_s",
                       "watchdog_action", "enabled", "dry_run", "replan_every", "queue_low", "consistency",
-                      "added_latency_s", "max_plan_wait_s", "max_stamp_offset_s", "align_ticks")
+                      "added_latency_s", "max_plan_wait_s", "max_stamp_offset_s", "align_ticks",
+                      "teleop_timeout_s")
 
 
 def default_model_path() -> str:

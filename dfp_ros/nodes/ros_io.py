@@ -146,6 +146,21 @@ class CommandMessage:
         return self.msg
 
 
+class ExecutedMessage:
+    """`~/executed`: one tick's command as published (after the safety filter) in a one-point
+    JointTrajectory; header.frame_id says who produced it (policy | human | hold) and header.stamp is the
+    observation the tick acted on (as `~/action_chunk`'s). Built once (same reuse rule as above)."""
+
+    def __init__(self, action_names: list[str]):
+        self.msg = JointTrajectory(joint_names=list(action_names), points=[JointTrajectoryPoint()])
+
+    def fill(self, command: np.ndarray, stamp: int, source: str) -> JointTrajectory:
+        set_stamp(self.msg.header.stamp, stamp)
+        self.msg.header.frame_id = source
+        self.msg.points[0].positions = array.array("d", np.ascontiguousarray(command, np.float64).tobytes())
+        return self.msg
+
+
 def format_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

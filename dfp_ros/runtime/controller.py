@@ -34,6 +34,9 @@ The rules kept here:
 - Live model swap: only a model with the same state layout, cameras and action names (the node's
   subscriptions and limits were built from them); the queued actions stay valid commands.
 - Every command passes the safety filter (limits, rate limit, watchdog, e-stop latch, enable).
+- Human takeover (runtime/takeover.py): while a person holds the robot their teleop command replaces
+  the policy's in the tick (through the same safety filter); the queue is dropped at the takeover and at
+  the pacing observation that applies the hand-back, which the first policy command is planned from.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from dfp_ros.runtime.chunk_queue import (
 from dfp_ros.runtime.observation import ObservationAssembler, ObservationError, StateSource
 from dfp_ros.runtime.policy_runtime import PolicyRuntime, file_sha256
 from dfp_ros.runtime.providers import ProviderOptions
-from dfp_ros.runtime.safety import NO_ACTION, WATCHDOG_ACTIONS, SafetyFilter
+from dfp_ros.runtime.safety import NO_ACTION, STALE_HOLD, TELEOP_HOLD, WATCHDOG_ACTIONS, SafetyFilter
+from dfp_ros.runtime.takeover import HOLD, POLICY, Takeover
 
 TRIGGERS = ("timer", "observation")
 # The next tick's index in the chunk after a clear: the next chance plans.
@@ -100,6 +104,8 @@ class Tick(NamedTuple):
     plan_wanted: bool  # timer trigger: a plan is due; wake the inference thread
     safety_state: str
     watchdog: str
+    source: str = POLICY  # who produced the command: policy | human | hold (a repeated command)
+    stamp_ns: int = 0  # the observation the tick acted on (its oldest part's stamp, as a chunk's)
 
 
 def acceptance_text(runtime: PolicyRuntime) -> str:
@@ -170,7 +176,7 @@ class PolicyController:
                  enabled: bool = False, dry_run: bool = False, replan_every: int = 0, queue_low: int = 1,
                  seed: int = 0, model_source: str = "", consistency: str = "none", added_latency_s: float = 0.0,
                  max_plan_wait_s: float = 0.02, max_stamp_offset_s: float = 1.0, align_ticks: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 teleop_timeout_s: float = 0.25, clock: Callable[[], float] = time.monotonic):
         """`max_obs_age_s` 0 = two control periods; `replan_every` 0 = the model's horizon; action
         limits default to the model's range; `max_stamp_offset_s` 0 = stamps unchecked. Raises
         ValueError on a bad value."""
@@ -193,6 +199,9 @@ class PolicyController:
         self._asm = ObservationAssembler(meta, sources, 2.0 * self.period)
         self._queue = ChunkQueue(meta.action_dim, self.period, merge=merge, ensemble_k=ensemble_k)
         self._safety = SafetyFilter(low, high, watchdog_action=watchdog_action, enabled=enabled)
+        self._takeover = Takeover(meta.action_dim, teleop_timeout_s)
+        self._part_stamps: dict[int | str, int] = {}  # state source index / camera -> its newest stamp
+        self._parts = len(sources) + len(meta.cameras)
         self._dry_run = False
         self._replan_every = int(meta.horizon)
         self._queue_low = 1
@@ -274,6 +283,7 @@ class PolicyController:
         with self._lock:
             self._check_stamp(stamp_ns, received_ns, source == 0)
             self._asm.put_array(source, values, stamp_ns, now)
+            self._part_stamps[source] = stamp_ns
             return self._act_on(source, now)
 
     def on_joint_state(self, source: int, names: list[str], fields: dict[str, np.ndarray], stamp_ns: int,
@@ -281,6 +291,7 @@ class PolicyController:
         with self._lock:
             self._check_stamp(stamp_ns, received_ns, source == 0)
             self._asm.put_joint_state(source, names, fields, stamp_ns, now)
+            self._part_stamps[source] = stamp_ns
             return self._act_on(source, now)
 
     def on_image(self, camera: str, rgb: np.ndarray, stamp_ns: int, now: float,
@@ -288,6 +299,7 @@ class PolicyController:
         with self._lock:
             self._check_stamp(stamp_ns, received_ns, False)
             self._asm.put_image(camera, rgb, stamp_ns, now)
+            self._part_stamps[camera] = stamp_ns
             return self._act_on(None, now)
 
     def reject(self, error: ObservationError) -> None:
@@ -310,6 +322,10 @@ class PolicyController:
             self._transport.append(offset)
 
     def _act_on(self, source: int | None, now: float) -> bool:
+        if source == 0 and self._takeover.hand_back():  # plan from this observation, the first after the release
+            last = self._safety.last
+            self._clear_plan()
+            self._last_action = last  # the human's last command: the next chunk's boundary jump and consistency
         if source == 0:  # the pacing source: ticks are counted from its arrivals
             self._pace_tick, self._pace_received = self._ticks, now
             self._pace_arrivals.append(now)
@@ -516,13 +532,18 @@ class PolicyController:
         with self._lock:
             self._tick_times.append(now)
             self._ticks += 1
-            action = self._queue.pop()
+            action = self._queue.pop()  # also while the human commands: the chunk runs on in time
             if action is not None:
                 self._last_action = action
             self._next_index += 1
-            cmd = self._safety.filter(action, self._asm.age(now))
+            source = POLICY
+            if self._takeover.human:
+                source, action = self._takeover.command(now)
+            cmd = self._safety.without_command() if source == HOLD else self._safety.filter(action, self._asm.age(now))
             if self._safety.state == NO_ACTION:
                 self._ticks_without_action += 1
+            if self._safety.state in (STALE_HOLD, TELEOP_HOLD):
+                source = HOLD
             # With a streaming pacing source, its next arrival starts the plan (from a fresher observation).
             wanted = not self.lockstep and not self._streaming(now) and self._want_plan()
             if wanted:
@@ -531,7 +552,9 @@ class PolicyController:
                 cmd = None
             if cmd is not None:
                 self._commands += 1
-            return Tick(cmd, wanted, self._safety.state, self._safety.watchdog)
+            stamps = self._part_stamps
+            return Tick(cmd, wanted, self._safety.state, self._safety.watchdog, source,
+                        min(stamps.values()) if len(stamps) == self._parts else 0)
 
     def count_missed_ticks(self, n: int) -> None:
         """The control loop fell more than a period behind and skipped `n` ticks."""
@@ -554,6 +577,32 @@ class PolicyController:
             self._clear_plan()  # start from a fresh plan, not actions computed before the pause
             return message
 
+    # --- human takeover (runtime/takeover.py) -----------------------------------------------------------
+    def on_teleop(self, values: np.ndarray, now: float) -> None:
+        """A human command; raises ObservationError (not kept) when it does not fit the actions."""
+        with self._lock:
+            self._takeover.on_command(values, now)
+
+    def set_engaged(self, on: bool, now: float) -> bool:
+        """The teleop device's dead-man; True when the human just took over."""
+        with self._lock:
+            return self._taken_over(self._takeover.set_engaged(on, now))
+
+    def intervene(self, on: bool, now: float) -> bool:
+        """The operator's intervene switch; True when the human just took over."""
+        with self._lock:
+            return self._taken_over(self._takeover.set_intervene(on, now))
+
+    def _taken_over(self, took: bool) -> bool:
+        if took:  # the policy's queued actions were planned for a robot the human is about to move
+            self._clear_plan()
+        return took
+
+    @property
+    def control(self) -> str:
+        """Who commands: policy | human | lost (the teleop device went silent while it held the robot)."""
+        return self._takeover.state
+
     def on_episode_end(self) -> None:
         """Actions planned in the episode that just ended mean nothing after the reset: drop them and plan
         from the next observation (what the offline evaluator does with a chunk's rest)."""
@@ -571,7 +620,7 @@ class PolicyController:
         """Run-time options, named like the node's parameters: enabled (does not clear an e-stop latch),
         dry_run, watchdog_action, max_obs_age_s (0 = two periods), max_delta, ensemble_k, replan_every,
         queue_low, consistency, added_latency_s, max_plan_wait_s, max_stamp_offset_s (0 = off),
-        align_ticks. Raises ValueError (changing nothing) on an unknown name or a bad value."""
+        align_ticks, teleop_timeout_s. Raises ValueError (changing nothing) on an unknown name or a bad value."""
         with self._lock:
             self._apply(options)
 
@@ -581,7 +630,7 @@ class PolicyController:
                   "max_delta": lambda v: v >= 0, "replan_every": lambda v: v >= 1, "queue_low": lambda v: v >= 0,
                   "consistency": lambda v: v in CONSISTENCY_MODES, "added_latency_s": lambda v: v >= 0,
                   "max_plan_wait_s": lambda v: v >= 0, "max_stamp_offset_s": lambda v: v >= 0,
-                  "align_ticks": lambda v: True}
+                  "align_ticks": lambda v: True, "teleop_timeout_s": lambda v: v > 0}
         for name, value in options.items():
             if name not in checks or not checks[name](value):
                 raise ValueError(f"option {name}={value!r} refused")
@@ -610,6 +659,8 @@ class PolicyController:
                 self._max_plan_wait_s = float(value)
             elif name == "max_stamp_offset_s":
                 self._max_stamp_offset_s = float(value)
+            elif name == "teleop_timeout_s":
+                self._takeover.timeout_s = float(value)
             else:
                 self._align_ticks = bool(value)
 
@@ -689,6 +740,7 @@ class PolicyController:
                 "chunks_published": self._chunks,
                 "actions_skipped": self._queue.skipped,
                 "commands_rejected_non_finite": safety.non_finite_count,
+                **self._takeover.stats(),
                 "dropped_total": sum(self._dropped.values()),
                 **{f"dropped_{k}": v for k, v in sorted(self._dropped.items())},
                 "torch_imported": "torch" in sys.modules,

@@ -8,6 +8,8 @@ or None for "publish nothing". In order:
 2. observation stale (older than `max_obs_age_s`, or none yet) -> the watchdog: "hold" repeats the
    last command that passed (if any), "stop" publishes nothing.
 3. no action (queue empty) -> None.
+   (`without_command` is the watchdog action for another reason: a teleop device that holds the robot
+   and has sent no command, after the same e-stop and enable checks.)
 4. NaN / inf anywhere -> None (counted); a non-finite number never reaches a robot.
 5. clip to [low, high], then limit the change from the last command to `max_delta` per tick.
 States are plain strings so the node can put them in diagnostics as they are.
@@ -25,6 +27,8 @@ DISABLED = "disabled"
 ESTOP = "estop"
 STALE_HOLD = "stale_hold"
 STALE_STOP = "stale_stop"
+TELEOP_HOLD = "teleop_hold"
+TELEOP_STOP = "teleop_stop"
 NO_ACTION = "no_action"
 NON_FINITE = "non_finite"
 
@@ -79,18 +83,10 @@ class SafetyFilter:
         """The command to publish this tick, or None to publish nothing; sets `state`."""
         stale = obs_age_s is None or not np.isfinite(obs_age_s) or obs_age_s > self.max_obs_age_s
         self.watchdog = "stale" if stale else "ok"
-        if self.estopped:
-            self.state = ESTOP
-            return None
-        if not self.enabled:
-            self.state = DISABLED
+        if self._blocked():
             return None
         if stale:
-            if self.watchdog_action == "hold" and self.last is not None:
-                self.state = STALE_HOLD
-                return self.last.copy()
-            self.state = STALE_STOP if self.watchdog_action == "stop" else STALE_HOLD
-            return None
+            return self._watchdog_action(STALE_HOLD, STALE_STOP)
         if action is None:
             self.state = NO_ACTION
             return None
@@ -107,3 +103,22 @@ class SafetyFilter:
         self.last = cmd
         self.state = OK
         return cmd.copy()
+
+    def without_command(self) -> np.ndarray | None:
+        """A tick whose commander has no command (a teleop device not heard from): the watchdog action."""
+        return None if self._blocked() else self._watchdog_action(TELEOP_HOLD, TELEOP_STOP)
+
+    def _blocked(self) -> bool:
+        """E-stop latched or not enabled (sets `state`)."""
+        if self.estopped:
+            self.state = ESTOP
+        elif not self.enabled:
+            self.state = DISABLED
+        return self.estopped or not self.enabled
+
+    def _watchdog_action(self, hold_state: str, stop_state: str) -> np.ndarray | None:
+        if self.watchdog_action == "hold" and self.last is not None:
+            self.state = hold_state
+            return self.last.copy()
+        self.state = stop_state if self.watchdog_action == "stop" else hold_state
+        return None
