@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Decoded camera frames of the suite's throw-away datasets stay out of the user's cache.
+os.environ.setdefault("DFP_ROS_FRAME_CACHE", tempfile.mkdtemp(prefix="dfp_ros_test_frames_"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 

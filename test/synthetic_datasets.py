@@ -103,3 +103,55 @@ def write_image_reward_dataset(root: Path, episodes: int = 3, length: int = 8, s
     with no_realtime_leak():
         ds.finalize()
     return root
+
+
+def camera_image(camera: int, episode: int, t: int, size: int) -> np.ndarray:
+    """A frame with structure a video codec has to work on: a gradient lit by the camera and episode,
+    and a bright square that moves with time (different per camera)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = np.empty((size, size, 3), np.uint8)
+    img[..., 0] = 255 * (0.5 + 0.5 * np.sin(6 * xx + 0.3 * episode + camera))
+    img[..., 1] = 255 * yy
+    img[..., 2] = 40 * camera + 10 * (episode % 5)
+    side = max(size // 6, 2)
+    x = (3 * t + 17 * camera + 5 * episode) % (size - side)
+    y = (2 * t + 11 * camera) % (size - side)
+    img[y:y + side, x:x + side] = (255, 255, 255)
+    return img
+
+
+def write_camera_dataset(root: Path, episodes: int = 3, length: int = 8, size: int = 32,
+                         cameras: tuple[str, ...] = ("front", "wrist"), video: bool = True, seed: int = 0,
+                         progress: bool = False) -> Path:
+    """Several cameras (video, or PNG images with video=False), a 3-number state and 2 actions.
+
+    Writes to a new dataset at root, or appends the episodes to the dataset already there."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["u", "v"]},
+    }
+    for cam in cameras:
+        features[f"observation.images.{cam}"] = {"dtype": "video" if video else "image",
+                                                  "shape": (size, size, 3),
+                                                  "names": ["height", "width", "channels"]}
+    if (Path(root) / "meta" / "info.json").is_file():
+        ds = LeRobotDataset("test/cameras", root=root)
+    else:
+        ds = LeRobotDataset.create("test/cameras", fps=10, features=features, root=root, use_videos=video)
+    first = ds.meta.total_episodes
+    for ep in tqdm(range(first, first + episodes), disable=not progress, desc="writing", unit="ep"):
+        for t in range(length):
+            frame = {"observation.state": np.array([t, ep, 0], np.float32),
+                     "action": rng.uniform(-1, 1, 2).astype(np.float32), "task": "look"}
+            for c, cam in enumerate(cameras):
+                frame[f"observation.images.{cam}"] = camera_image(c, ep, t, size)
+            ds.add_frame(frame)
+        with no_realtime_leak():  # a video encoder makes its thread real-time as root
+            ds.save_episode()
+    with no_realtime_leak():
+        ds.finalize()
+    return root

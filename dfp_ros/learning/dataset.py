@@ -1,9 +1,11 @@
 """LeRobot v3 datasets -> in-memory arrays -> batches of (observation, action chunk) for training.
 
-The whole dataset is decoded once into memory (images resized to the model's input size), because
-per-item access through the dataset object is far too slow to feed 256-state batches at tens of
-steps per second. Chunks are built per episode: past an episode's last frame, the last action is
-repeated (the convention LeRobot uses for its `action_is_pad` padding).
+The whole dataset is held in memory (images resized to the model's input size), because per-item
+access through the dataset object is far too slow to feed 256-state batches at tens of steps per
+second. Camera frames are decoded once per video file and cached on disk (`video_frames`), so a
+second run on the same dataset memory-maps them and starts at once. Chunks are built per episode:
+past an episode's last frame, the last action is repeated (the convention LeRobot uses for its
+`action_is_pad` padding).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from dfp_ros.contracts import CameraSpec, ContractError, StateSpec
+from dfp_ros.learning.video_frames import FrameDecodeError, camera_frames, default_cache_dir
 
 # Reading must never reach for the network: robots and CI machines are often offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,7 +89,9 @@ class ChunkDataset:
                  state_keys: list[str] | None = None, image_keys: list[str] | None = None,
                  action_key: str = "action", image_size: tuple[int, int] = (96, 96),
                  reward_key: str = "next.reward", done_key: str = "next.done",
-                 progress: bool = True):
+                 progress: bool = True, frame_cache: bool = True, cache_dir: str | Path | None = None):
+        """`frame_cache` False decodes the cameras into memory without reading or writing the cache;
+        `cache_dir` None is `video_frames.default_cache_dir()`."""
         ds = open_lerobot_dataset(repo_id, root)
         features = ds.meta.features
         self.repo_id = ds.repo_id
@@ -108,9 +113,12 @@ class ChunkDataset:
         if not state_keys and not image_keys:
             raise DatasetError("dataset has no observation.state and no camera: nothing to condition on")
 
-        hf = ds.hf_dataset.with_format("numpy")
-        order = np.argsort(np.asarray(hf["index"]))
-        col = lambda k: np.asarray(hf[k])[order]  # noqa: E731
+        # One batched read per column: np.asarray(hf[k]) would format the rows one by one (seconds).
+        wanted = ["index", "episode_index", "timestamp", *state_keys, action_key, reward_key, done_key]
+        columns = [k for k in dict.fromkeys(wanted) if k in ds.hf_dataset.column_names]
+        table = ds.hf_dataset.with_format("numpy", columns=columns)[:]
+        order = np.argsort(np.asarray(table["index"]), kind="stable")
+        col = lambda k: np.asarray(table[k])[order]  # noqa: E731
         self.episode_index = col("episode_index").astype(np.int64)
         n = len(self.episode_index)
         if n == 0:
@@ -139,7 +147,14 @@ class ChunkDataset:
 
         h, w = image_size
         self.cameras = [CameraSpec(k.split(".")[-1], k, h, w) for k in image_keys]
-        self.images = {c.name: self._decode_camera(ds, c, order, progress) for c in self.cameras}
+        cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if frame_cache else None
+        timestamps = col("timestamp") if self.cameras else None
+        try:
+            # Arrays in the cache are read-only memory maps: every batch copies its frames out.
+            self.images = {c.name: camera_frames(ds, c.key, (h, w), order, self.episode_index, timestamps,
+                                                 cache_dir=cache, progress=progress) for c in self.cameras}
+        except FrameDecodeError as e:
+            raise DatasetError(f"cannot read the camera frames: {e}") from e
 
         stats = ds.meta.stats or {}
         self.state_mean, self.state_std = self._state_stats(stats, state_keys)
@@ -155,21 +170,6 @@ class ChunkDataset:
                 if keys else np.zeros(0, np.float32)
             return mean, std
         return self.state.mean(0), self.state.std(0)
-
-    def _decode_camera(self, ds, cam: CameraSpec, order: np.ndarray, progress: bool) -> np.ndarray:
-        """All frames of one camera as uint8 [N, h, w, 3], resized with OpenCV."""
-        import cv2
-        from tqdm import tqdm
-
-        n = len(order)
-        out = np.empty((n, cam.height, cam.width, 3), np.uint8)
-        for i in tqdm(range(n), desc=f"decoding {cam.key}", disable=not progress, unit="frame"):
-            frame = ds[int(order[i])][cam.key]  # float [3, H, W] in [0, 1]
-            img = (frame.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-            if img.shape[:2] != (cam.height, cam.width):
-                img = cv2.resize(img, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
-            out[i] = img
-        return out
 
     def __len__(self) -> int:
         return len(self.episode_index)
