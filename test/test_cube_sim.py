@@ -16,6 +16,7 @@ pytest.importorskip("ogbench", reason="the simulator needs ogbench and mujoco (t
 
 from dfp_ros.sim.cube_env import ACTION_NAMES, CubeSim
 from dfp_ros.sim.evaluate import evaluate
+from dfp_ros.sim.mesh_decimation import cluster_faces, decimate_visual_meshes
 
 UR5E_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
                "wrist_1_joint", "wrist_2_joint", "wrist_3_joint"]
@@ -170,6 +171,108 @@ def test_render_image() -> None:
     s.close()
 
 
+def _uv_sphere(rings: int = 40, radius: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    theta, phi = np.meshgrid(np.linspace(0.1, np.pi - 0.1, rings), np.linspace(0, 2 * np.pi, 2 * rings, endpoint=False),
+                             indexing="ij")
+    vertices = radius * np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
+    ring = np.arange(vertices.shape[0] * vertices.shape[1]).reshape(vertices.shape[:2])
+    nxt = np.roll(ring, -1, axis=1)
+    faces = np.concatenate([np.stack([ring[:-1], ring[1:], nxt[1:]], -1), np.stack([ring[:-1], nxt[1:], nxt[:-1]], -1)])
+    return vertices.reshape(-1, 3), faces.reshape(-1, 3)
+
+
+def test_cluster_faces_keeps_a_coarser_valid_surface() -> None:
+    vertices, faces = _uv_sphere()
+    new, source = cluster_faces(vertices, faces, cell=0.01)
+    assert 0 < len(new) < len(faces) / 4 and new.shape[1] == 3 and len(source) == len(new)
+    assert new.min() >= 0 and new.max() < len(vertices)
+    assert (new[:, 0] != new[:, 1]).all() and (new[:, 1] != new[:, 2]).all() and (new[:, 0] != new[:, 2]).all()
+    # Still the sphere: every kept corner is an original vertex, so all lie on its surface.
+    np.testing.assert_allclose(np.linalg.norm(vertices[new], axis=-1), 0.05, rtol=1e-6)
+    # A cell smaller than any edge changes nothing.
+    same, source = cluster_faces(vertices, faces, cell=1e-6)
+    np.testing.assert_array_equal(same, faces)
+    np.testing.assert_array_equal(source, np.arange(len(faces)))
+    with pytest.raises(ValueError, match="cell"):
+        cluster_faces(vertices, faces, cell=0.0)
+    with pytest.raises(ValueError, match="outside"):
+        cluster_faces(vertices, faces + len(vertices), cell=0.01)
+
+
+def test_decimation_rewrites_only_visual_meshes_faces() -> None:
+    import mujoco
+
+    vertices, faces = _uv_sphere()
+    text = {k: " ".join(map(str, a.ravel().tolist())) for k, a in (("v", vertices), ("f", faces))}
+    model = mujoco.MjModel.from_xml_string(f"""<mujoco><asset>
+        <mesh name="seen" vertex="{text['v']}" face="{text['f']}"/>
+        <mesh name="hit" vertex="{text['v']}" face="{text['f']}"/>
+      </asset><worldbody><body><freejoint/>
+        <geom type="mesh" mesh="seen" contype="0" conaffinity="0" group="2"/><geom type="mesh" mesh="hit" group="3"/>
+      </body></worldbody></mujoco>""")
+    before = {k: getattr(model, k).copy() for k in ("mesh_face", "mesh_facenum", "mesh_vert", "mesh_normal",
+                                                     "mesh_graph", "body_inertia")}
+    result = decimate_visual_meshes(model, cells_per_mesh=16)
+    assert (result.meshes, result.faces_before) == (1, before["mesh_facenum"][0])
+    assert 0 < model.mesh_facenum[0] == result.faces_after < before["mesh_facenum"][0] / 2
+    assert model.mesh_facenum[1] == before["mesh_facenum"][1]  # the collision-only mesh is left alone
+    hit = slice(model.mesh_faceadr[1], model.mesh_faceadr[1] + model.mesh_facenum[1])
+    np.testing.assert_array_equal(model.mesh_face[hit], before["mesh_face"][hit])
+    for key in ("mesh_vert", "mesh_normal", "mesh_graph", "body_inertia"):  # what physics reads
+        np.testing.assert_array_equal(getattr(model, key), before[key])
+
+
+def test_decimated_visual_meshes_leave_physics_unchanged() -> None:
+    """'fast' rendering decimates the arm's and gripper's visual meshes (some also serve collision
+    geoms); a seeded oracle rollout through the grasp gives bit-identical states with and without."""
+    def rollout(sim: CubeSim) -> np.ndarray:
+        state = sim.reset(seed=4)
+        oracle = sim.oracle(seed=4)
+        oracle.reset(state, sim.info)
+        states = []
+        for _ in range(45):  # approach, grasp (contacts with the fingers) and lift
+            state, *_ = sim.step(oracle.select_action(state, sim.info))
+            states.append(state)
+        return np.stack(states)
+
+    with CubeSim(render=True) as decimated, CubeSim(render=False) as original:
+        assert decimated.decimation is not None and original.decimation is None
+        assert decimated.decimation.faces_after < decimated.decimation.faces_before / 3
+        assert decimated.env.unwrapped.model.mesh_facenum.sum() < original.env.unwrapped.model.mesh_facenum.sum() / 3
+        states = rollout(decimated)
+        assert states[-1, 21] > states[0, 21] + 0.5  # cube0.z (x10): the cube was lifted
+        np.testing.assert_array_equal(states, rollout(original))
+
+
+def test_wrist_camera_looks_from_the_gripper() -> None:
+    """The wrist camera is another view than the front one, moves with the gripper, and has the cube in
+    view (more and more of it) while the oracle approaches and grasps it."""
+    s, front = _render_or_skip(64)
+    wrist = s.render("wrist")
+    assert wrist.shape == (64, 64, 3) and wrist.dtype == np.uint8 and wrist.std() > 5
+    assert np.abs(front.astype(int) - wrist.astype(int)).mean() > 10
+    np.testing.assert_array_equal(s.render("wrist"), wrist)  # nothing moved, nothing changes
+
+    def cube_pixels(img: np.ndarray) -> int:  # the cube is bright red-pink; its target marker is dark
+        r, g, b = (img[..., i].astype(int) for i in range(3))
+        return int(((r > 150) & (r > g + 60) & (r > b + 60)).sum())
+
+    oracle = s.oracle(seed=0)
+    oracle.reset()
+    seen = {}
+    for t in range(25):
+        if t in (10, 18, 24):  # above the cube, lower, grasping
+            seen[t] = s.render("wrist")
+        s.step(oracle.select_action())
+    assert np.abs(seen[18].astype(int) - wrist.astype(int)).mean() > 5
+    counts = [cube_pixels(seen[t]) for t in (10, 18, 24)]
+    assert counts[0] >= 30 and counts[2] > 2 * counts[0], counts
+    assert cube_pixels(s.render("front")) < counts[0]  # far smaller from the front
+    with pytest.raises(ValueError, match="camera"):
+        s.render("side")
+    s.close()
+
+
 def test_fast_rendering_drops_only_shadows_and_multisampling() -> None:
     """'fast' (the default) and 'full' show the same scene from the same camera (the background, the top
     rows, matches), but 'full' keeps OGBench's look: shadow-mapped lights (brighter overall here)."""
@@ -195,16 +298,20 @@ def test_image_dataset_round_trip(tmp_path: Path) -> None:
     _render_or_skip(32)[0].close()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from dfp_ros.sim.oracle_demos import IMAGE_KEY, collect_oracle_dataset
+    from dfp_ros.sim.oracle_demos import collect_oracle_dataset, image_key
 
+    with pytest.raises(ValueError, match="cameras"):
+        collect_oracle_dataset(tmp_path / "bad", "local/x", episodes=1, cameras=["front", "side"], progress=False)
     root = tmp_path / "img"
-    summary = collect_oracle_dataset(root, "local/cube_img", episodes=1, with_images=True, image_size=32,
+    summary = collect_oracle_dataset(root, "local/cube_img", episodes=1, cameras=["front", "wrist"], image_size=32,
                                      progress=False, max_steps=6)
     assert summary.frames == 6
     ds = LeRobotDataset("local/cube_img", root=root, video_backend="pyav")  # no system FFmpeg for torchcodec
-    assert ds.num_frames == 6 and IMAGE_KEY in ds.meta.video_keys
-    img = ds[5][IMAGE_KEY]
-    assert tuple(img.shape) == (3, 32, 32)
+    keys = [image_key("front"), image_key("wrist")]
+    assert ds.num_frames == 6 and sorted(ds.meta.video_keys) == keys
+    front, wrist = (ds[5][k] for k in keys)
+    assert tuple(front.shape) == tuple(wrist.shape) == (3, 32, 32)
+    assert (front - wrist).abs().mean() > 0.02  # two views, not one recorded twice
 
 
 def test_evaluate_executes_whole_chunks() -> None:

@@ -1,9 +1,9 @@
 """sim_robot_node as a real process, driven over DDS from this test process.
 
 Three node processes, each on its own ROS domain (they all publish the same absolute topics):
-lock-step with Float64MultiArray commands (shared by several tests, in file order), lock-step with
-JointTrajectory commands driven to success by the oracle of a mirror CubeSim, and real-time with
-JointState commands and a camera.
+lock-step with Float64MultiArray commands and front + wrist cameras every 5th step (shared by several
+tests, in file order), lock-step with JointTrajectory commands driven to success by the oracle of a
+mirror CubeSim, and real-time with JointState commands and both cameras; one more start is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from std_msgs.msg import Float32, Float32MultiArray, Float64MultiArray, String  
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from dfp_ros import contracts  # noqa: E402
+from dfp_ros.nodes.node_main import CONFIG_ERROR_EXIT  # noqa: E402
 
 MODULE = "dfp_ros.nodes.sim_robot_node"
 FPS = 20.0
@@ -55,7 +56,10 @@ class Sim:
     joints: Collector
     state: Collector
     clock: Collector | None
-    image: Collector | None
+    images: dict[str, Collector]  # camera name -> its images
+
+    def image_stamps(self, camera: str) -> list[int]:
+        return [stamp_ns(m.header.stamp) for m in self.images[camera].messages]
 
     def events(self) -> list[str]:
         return [m.data for m in self.episode.messages]
@@ -92,8 +96,8 @@ def _run_sim(log_dir, offset: int, params: dict, cmd_type: type) -> Iterator[Sim
                 joints=g.collect(contracts.TOPIC_JOINT_STATES, JointState, latched_qos(100)),
                 state=g.collect(contracts.TOPIC_SIM_STATE, Float32MultiArray, latched_qos(100)),
                 clock=g.collect("/clock", Clock, latched_qos(100)) if lockstep else None,
-                image=(g.collect(contracts.TOPIC_SIM_CAMERA, Image, qos_profile_sensor_data)
-                       if params.get("camera_rate_hz", 0) > 0 else None),
+                images={c: g.collect(contracts.sim_camera_topic(c), Image, qos_profile_sensor_data)
+                        for c in (params.get("cameras", ["front"]) if params.get("camera_rate_hz", 0) > 0 else [])},
             )
             # Up = it has subscribed to our commands and its (latched) first observation reached us.
             ok = g.wait_matched(sim.cmd, timeout=STARTUP_S) and sim.state.wait_for(1, timeout=STARTUP_S)
@@ -104,9 +108,32 @@ def _run_sim(log_dir, offset: int, params: dict, cmd_type: type) -> Iterator[Sim
 
 
 # --- lock-step, Float64MultiArray commands (tests below share one process, in file order) -----------
+def _skip_without_rendering() -> None:
+    import dfp_ros.sim.cube_env  # noqa: F401  (selects MUJOCO_GL=egl when EGL works here)
+
+    if os.environ.get("MUJOCO_GL") not in ("egl", "osmesa") and not os.environ.get("DISPLAY"):
+        pytest.skip("no off-screen rendering here: EGL did not start (install libegl1 libgl1 libgl1-mesa-dri)")
+
+
+def _assert_images_share_state_stamps(sim: Sim, shape: tuple[int, int]) -> None:
+    """Every image of both cameras carries the stamp of a published observation (JointState)."""
+    newest = max(t for c in ("front", "wrist") for t in sim.image_stamps(c))
+    # A step's images go out just before its joint state.
+    assert sim.graph.spin_until(lambda: stamp_ns(sim.joints.last.header.stamp) >= newest, 2.0)
+    joint_stamps = {stamp_ns(m.header.stamp) for m in sim.joints.messages}
+    for camera in ("front", "wrist"):
+        img = sim.images[camera].last
+        assert (img.encoding, img.height, img.width, img.header.frame_id) == ("rgb8", *shape, f"{camera}_camera")
+        stray = sorted(set(sim.image_stamps(camera)) - joint_stamps)
+        assert not stray, f"{camera} images stamped {stray[:5]}, no joint state has those stamps"
+    pixels = {c: np.frombuffer(bytes(sim.images[c].last.data), np.uint8).astype(int) for c in ("front", "wrist")}
+    assert pixels["front"].std() > 5 and np.abs(pixels["front"] - pixels["wrist"]).mean() > 5  # two real views
+
+
 @pytest.fixture(scope="module")
 def lockstep(log_dir) -> Iterator[Sim]:
-    with _run_sim(log_dir, 0, {"mode": "lockstep", "lockstep_republish_s": 0.0}, Float64MultiArray) as sim:
+    params = {"mode": "lockstep", "lockstep_republish_s": 0.0, "camera_rate_hz": 4.0, "cameras": ["front", "wrist"]}
+    with _run_sim(log_dir, 0, params, Float64MultiArray) as sim:
         yield sim
 
 
@@ -147,6 +174,19 @@ def test_observation_contents_and_stamps(lockstep: Sim) -> None:
     assert names.wait_for(1)
     state_names = json.loads(names.last.data)
     assert len(state_names) == 28 and state_names[0] == "shoulder_pan_joint.pos"
+
+
+def test_lockstep_camera_images_carry_their_steps_stamp(lockstep: Sim) -> None:
+    _skip_without_rendering()
+    step_ns = round(1e9 / FPS)
+    while lockstep.reward.count < 20:
+        lockstep.step(floats(ZERO))
+    # 4 frames per simulated second at 20 steps per second: steps 5, 10, 15, 20, from both cameras.
+    due = {k * 5 * step_ns for k in (1, 2, 3, 4)}
+    assert lockstep.graph.spin_until(lambda: all(due <= set(lockstep.image_stamps(c)) for c in ("front", "wrist"))), \
+        {c: lockstep.image_stamps(c) for c in ("front", "wrist")}
+    assert all(t % (5 * step_ns) == 0 for c in ("front", "wrist") for t in lockstep.image_stamps(c))
+    _assert_images_share_state_stamps(lockstep, (96, 96))
 
 
 def test_bad_commands_are_dropped_and_node_stays_alive(lockstep: Sim) -> None:
@@ -234,22 +274,23 @@ def test_oracle_reaches_success_and_max_episodes_exits_0(log_dir) -> None:
 # --- real time, JointState commands, camera ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def realtime(log_dir) -> Iterator[Sim]:
-    params = {"mode": "realtime", "rate_hz": 20.0, "command_type": "joint_state", "camera_rate_hz": 2.0}
+    params = {"mode": "realtime", "rate_hz": 20.0, "command_type": "joint_state", "camera_rate_hz": 4.0,
+              "cameras": ["front", "wrist"], "image_size": 64}
     with _run_sim(log_dir, 2, params, JointState) as sim:
         yield sim
 
 
-def test_camera_publishes_rgb8_images(realtime: Sim) -> None:
-    import dfp_ros.sim.cube_env  # noqa: F401  (selects MUJOCO_GL=egl when EGL works here)
-
-    if os.environ.get("MUJOCO_GL") not in ("egl", "osmesa") and not os.environ.get("DISPLAY"):
-        pytest.skip("no off-screen rendering here: EGL did not start (install libegl1 libgl1 libgl1-mesa-dri)")
-    # The camera timer runs from the start, before any command (rendering does not step the simulation).
-    assert realtime.image.wait_for(1, timeout=5.0), realtime.proc.log()
-    img = realtime.image.last
-    assert (img.encoding, img.height, img.width, img.step) == ("rgb8", 96, 96, 288)
-    pixels = np.frombuffer(bytes(img.data), dtype=np.uint8)
-    assert pixels.size == 96 * 96 * 3 and pixels.std() > 5  # a rendered scene, not a blank buffer
+def test_realtime_cameras_publish_with_the_ticks_observation_stamp(realtime: Sim) -> None:
+    _skip_without_rendering()
+    # Frames come from the start, before any command (the ticks publish the held observation afresh).
+    assert realtime.graph.spin_until(lambda: all(realtime.images[c].count >= 2 for c in ("front", "wrist")), 5.0), \
+        realtime.proc.log()
+    img = realtime.images["front"].last
+    assert img.step == 64 * 3 and len(img.data) == 64 * 64 * 3
+    _assert_images_share_state_stamps(realtime, (64, 64))
+    # One render per 5th tick (4 of 20 Hz), both cameras at once: their stamps are the same ticks'.
+    common = set(realtime.image_stamps("front")) & set(realtime.image_stamps("wrist"))
+    assert len(common) >= 2, (realtime.image_stamps("front"), realtime.image_stamps("wrist"))
 
 
 def test_realtime_waits_for_a_command_then_holds(realtime: Sim) -> None:
@@ -282,3 +323,15 @@ def test_realtime_waits_for_a_command_then_holds(realtime: Sim) -> None:
     log = realtime.proc.log()
     assert rc == 0, log
     assert "dropped commands 1" in log and "holds 0," not in log, log
+
+
+def test_an_unknown_camera_is_refused_at_start_in_one_line(log_dir) -> None:
+    proc = start_node(MODULE, {"camera_rate_hz": 5.0, "cameras": ["front", "side"]}, ros_env(domain_id(3)),
+                      log_dir=log_dir)
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    log = proc.log()
+    assert rc == CONFIG_ERROR_EXIT, log
+    assert "cameras ['front', 'side'] must name each of ('front', 'wrist')" in log and "Traceback" not in log, log

@@ -23,14 +23,17 @@ Topics published (contracts.py names):
   /joint_states          sensor_msgs/JointState: the arm's real joint names, positions, velocities
   /sim/state             std_msgs/Float32MultiArray: the full state vector (one dim labelled "state")
   /sim/state_names       std_msgs/String, latched (transient local): JSON list naming /sim/state
-  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS (when camera_rate_hz > 0)
+  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS: the front camera (camera_rate_hz > 0 and
+                         "front" in cameras)
+  /sim/wrist_camera/image_raw  the same from the camera on the gripper ("wrist" in cameras)
   /reward                std_msgs/Float32, one per step
   /episode               std_msgs/String: "start" after each reset, "success" or "timeout" at the end,
                          then "reset" (followed by the next "start")
   /clock                 rosgraph_msgs/Clock (lockstep only)
   /diagnostics           every second: steps, holds, superseded and dropped commands, episodes,
                          successes, and when commands arrive after a tick (command_after_tick_p50/p99_ms)
-/joint_states, /sim/state and the camera image of one observation carry the same stamp. The two
+/joint_states, /sim/state and the camera images of one observation carry the same stamp: the cameras are
+rendered with the observation of every k-th step (lockstep) or tick (realtime), see camera_rate_hz. The two
 observation topics are reliable and transient-local. Realtime: depth 1, so a node that joins late gets
 the current observation at once. Lockstep: depth 1000, so a passive reader (the learner, a recorder) loses
 no step when the controller answers within a millisecond, even through a ~300 ms pause in its DDS
@@ -71,7 +74,7 @@ from dfp_ros import contracts
 from dfp_ros.nodes import ros_io
 from dfp_ros.nodes.node_main import run_node
 from dfp_ros.nodes.params import Param, declare_params
-from dfp_ros.sim.cube_env import CubeSim
+from dfp_ros.sim.cube_env import CAMERAS, CubeSim, check_cameras
 
 TOPIC_CLOCK = "/clock"  # fixed by ROS (use_sim_time listens here), so not a contract of ours
 
@@ -84,9 +87,13 @@ PARAMS: list[Param] = [
     Param("mode", "realtime", "realtime: a wall-clock timer steps with the newest command; lockstep: one step "
                               "per command, simulated time on /clock", choices=MODES),
     Param("rate_hz", 20.0, "realtime: wall-clock step rate (> 0)"),
-    Param("camera_rate_hz", 0.0, "rendered camera frames per second, 0 = no camera (realtime: wall clock, "
-                                 "lockstep: per simulated second); software EGL blocks stepping ~0.1 s a frame",
-          low=0.0),
+    Param("camera_rate_hz", 0.0, "camera frames per second, 0 = no camera; rendered with the observation (same "
+                                 "stamp) of every round(rate_hz / camera_rate_hz)-th tick (realtime) or "
+                                 "round(fps / camera_rate_hz)-th step (lockstep); software EGL blocks stepping ~5 ms a "
+                                 "frame and camera", low=0.0),
+    Param("cameras", ["front"], f"cameras rendered when camera_rate_hz > 0, any of {list(CAMERAS)}: front on "
+                                f"{contracts.TOPIC_SIM_CAMERA}, wrist (on the gripper) on "
+                                f"{contracts.TOPIC_SIM_WRIST_CAMERA}"),
     Param("image_size", 96, "square camera image size in pixels", low=1),
     Param("command_topic", contracts.TOPIC_POLICY_COMMAND, "per-tick command topic"),
     Param("command_type", "float64_array", "the per-tick command message", choices=ros_io.COMMAND_TYPES),
@@ -133,9 +140,13 @@ class SimRobotNode(Node):
         self.mode: str = p["mode"]
         self.max_episodes: int = p["max_episodes"]
         self.hold_on_missing: bool = p["hold_on_missing_command"]
+        cameras = check_cameras(p["cameras"])  # a misspelt name is refused even while the cameras are off
+        if p["camera_rate_hz"] > 0 and not cameras:
+            raise ValueError(f"parameter cameras is empty; name some of {CAMERAS} or set camera_rate_hz 0")
+        cameras = cameras if p["camera_rate_hz"] > 0 else []
 
         self.sim = CubeSim(p["env_name"], task_id=p["task_id"], seed=p["seed"],
-                           render=p["camera_rate_hz"] > 0, image_size=p["image_size"])
+                           render=bool(cameras), image_size=p["image_size"])
         self.action_names = self.sim.action_names
         self.joint_names = self.sim.joint_names
         self._step_ns = round(1e9 / self.sim.fps)
@@ -152,8 +163,9 @@ class SimRobotNode(Node):
         self.finished = False  # max_episodes reached: main() stops spinning
         self._pending: np.ndarray | None = None  # realtime: newest command not yet stepped
         self._got_command = False
-        self._camera_ok = p["camera_rate_hz"] > 0
-        self._last_image: Image | None = None
+        self._camera_ok = bool(cameras)
+        self._ticks = 0  # realtime: timer ticks so far (a camera frame every _camera_every-th)
+        self._last_images: dict[str, Image] = {}  # camera -> its newest image, for re-publishing
         self._last_obs: tuple[np.ndarray, Time] | None = None  # for re-publishing without a step
 
         # Publishers.
@@ -163,8 +175,8 @@ class SimRobotNode(Node):
         self.pub_state_names = self.create_publisher(String, contracts.TOPIC_SIM_STATE_NAMES, ros_io.LATCHED)
         self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, ros_io.EVENTS)
         self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, ros_io.EVENTS)
-        self.pub_image = (self.create_publisher(Image, contracts.TOPIC_SIM_CAMERA, qos_profile_sensor_data)
-                          if self._camera_ok else None)
+        self.pub_images = {c: self.create_publisher(Image, contracts.sim_camera_topic(c), qos_profile_sensor_data)
+                           for c in cameras}
         self.pub_clock = (self.create_publisher(ClockMsg, TOPIC_CLOCK, ros_io.LATCHED)
                           if self.mode == "lockstep" else None)
         self.pub_diag = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
@@ -178,13 +190,12 @@ class SimRobotNode(Node):
         self._last_command_time = steady.now()
         if p["diagnostics_period_s"] > 0:
             self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, clock=steady)
+        # Frames go with observations (one stamp): every k-th tick (realtime) or step (lock-step, sim time).
+        frame_rate = p["rate_hz"] if self.mode == "realtime" else self.sim.fps
+        self._camera_every = max(1, round(frame_rate / p["camera_rate_hz"])) if self._camera_ok else 0
         if self.mode == "realtime":
             self.create_timer(1.0 / p["rate_hz"], self._on_tick, clock=steady)
-            if self._camera_ok:
-                self.create_timer(1.0 / p["camera_rate_hz"], self._on_camera_timer, clock=steady)
         else:
-            # Lock-step renders on simulated time: every k-th step.
-            self._camera_every = max(1, round(self.sim.fps / p["camera_rate_hz"])) if self._camera_ok else 0
             if p["lockstep_republish_s"] > 0:
                 self._republish_after = Duration(seconds=p["lockstep_republish_s"])
                 self.create_timer(min(0.25, p["lockstep_republish_s"]), self._on_idle_check, clock=steady)
@@ -194,7 +205,8 @@ class SimRobotNode(Node):
             f"{self.sim.env_id} ({self.sim.task}), seed {self.sim.seed}, mode {self.mode}"
             + (f" at {p['rate_hz']:g} Hz" if self.mode == "realtime" else f", {self.sim.fps:g} steps per sim second")
             + f"; commands: {p['command_type']} on {self.sub_command.topic_name}"
-            + (f"; camera {p['image_size']}px at {p['camera_rate_hz']:g} Hz" if self._camera_ok else "; no camera")
+            + (f"; cameras {', '.join(cameras)} {p['image_size']}px at {p['camera_rate_hz']:g} Hz" if self._camera_ok
+               else "; no camera")
             + (f"; stopping after {self.max_episodes} episodes" if self.max_episodes else ""))
         if self.mode == "realtime":
             self.get_logger().info("waiting for the first command before stepping")
@@ -230,6 +242,7 @@ class SimRobotNode(Node):
         if self.finished:
             return
         self._last_tick = time.monotonic()
+        self._ticks += 1
         if self._pending is not None:
             action, self._pending = self._pending, None
         elif self._got_command and self.hold_on_missing:
@@ -286,9 +299,10 @@ class SimRobotNode(Node):
     def _publish_observation(self, state: np.ndarray, stamp: Time, force_image: bool = False) -> None:
         stamp_msg = stamp.to_msg()
         self._last_obs = (state, stamp)
-        # Image first: a policy pairing by arrival then finds it when the state arrives.
-        if self.mode == "lockstep" and self._camera_ok and (force_image or self.total_steps % self._camera_every == 0):
-            self._publish_image(stamp)
+        # Images first: a policy pairing by arrival then finds them when the state arrives.
+        frame = self.total_steps if self.mode == "lockstep" else self._ticks
+        if self._camera_ok and (force_image or frame % self._camera_every == 0):
+            self._publish_images(stamp)
         js = JointState()
         js.header.stamp = stamp_msg
         js.name = self.joint_names
@@ -303,32 +317,18 @@ class SimRobotNode(Node):
         self.pub_state.publish(msg)
         self.pub_joints.publish(js)
 
-    def _publish_image(self, stamp: Time) -> None:
-        if not self._camera_ok or self.pub_image is None:
-            return
+    def _publish_images(self, stamp: Time) -> None:
         try:
-            img = self.sim.render()
+            images = {camera: self.sim.render(camera) for camera in self.pub_images}
         except RuntimeError as err:
-            # No EGL here: say why once and run on without a camera rather than die.
+            # No EGL here: say why once and run on without cameras rather than die.
             self._camera_ok = False
-            self.get_logger().error(f"camera disabled: {err}")
+            self.get_logger().error(f"cameras disabled: {err}")
             return
-        msg = Image()
-        msg.header.stamp = stamp.to_msg()
-        msg.header.frame_id = "camera"
-        msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
-        msg.encoding = "rgb8"
-        msg.is_bigendian = 0
-        msg.step = msg.width * 3
-        data = array.array("B")
-        data.frombytes(img.tobytes())
-        msg.data = data
-        self._last_image = msg
-        self.pub_image.publish(msg)
-
-    def _on_camera_timer(self) -> None:
-        if not self.finished:
-            self._publish_image(self.get_clock().now())
+        for camera, pixels in images.items():
+            msg = ros_io.image_message(pixels, "rgb8", f"{camera}_camera", stamp.nanoseconds)
+            self._last_images[camera] = msg
+            self.pub_images[camera].publish(msg)
 
     def _on_idle_check(self) -> None:
         if self.finished or self._steady.now() - self._last_command_time < self._republish_after:
@@ -340,8 +340,8 @@ class SimRobotNode(Node):
         state, stamp = self._last_obs
         if self.pub_clock is not None:
             self.pub_clock.publish(ClockMsg(clock=stamp.to_msg()))
-        if self._last_image is not None and self.pub_image is not None:
-            self.pub_image.publish(self._last_image)
+        for camera, msg in self._last_images.items():
+            self.pub_images[camera].publish(msg)
         self._publish_observation(state, stamp)
 
     # --- diagnostics -------------------------------------------------------------------------------

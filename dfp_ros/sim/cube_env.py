@@ -14,6 +14,9 @@ Semantics worth knowing (they are OGBench's, kept so our numbers compare with pu
   ends one step after the cube reaches its goal. Reward is 0 at success, -1 otherwise.
 - episodes time out after the registered limit (200 steps for cube-single), at 20 Hz.
 
+Cameras (`CubeSim.render(camera=...)`): "front", OGBench's scene camera, and "wrist", a camera bolted
+to the gripper looking past the fingertips (see `_WRIST_CAMERA_POS`).
+
 `CubeSim.oracle()` returns OGBench's scripted planner (`CubePlanOracle`), fed the task's goal in
 the `privileged/target_*` keys it reads in OGBench's data-collection mode (task mode lacks them).
 """
@@ -25,6 +28,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any, Self
 
 
@@ -88,13 +92,26 @@ import ogbench.manipspace  # noqa: E402, F401  (registers the cube-* gymnasium i
 from ogbench.manipspace import lie  # noqa: E402
 from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle  # noqa: E402
 
+from dfp_ros.sim.mesh_decimation import DecimationResult, decimate_visual_meshes  # noqa: E402
+
 # OGBench's relative end-effector action, in its own order (ManipSpaceEnv docstring).
 ACTION_NAMES = ("effector_dx", "effector_dy", "effector_dz", "effector_dyaw", "gripper_delta")
 
 # Off-screen rendering with software GL (llvmpipe, the usual case without a GPU): "full" is OGBench's
-# look; "fast" drops shadows and multisampling (96x96 on 2 busy cores: ~95 -> ~15 ms per frame; what
-# is left is the arm's ~130k-triangle visual meshes, whatever the image size).
+# look; "fast" drops shadows and multisampling (96x96 on 2 cores: ~95 -> ~18 ms per frame) and
+# decimates the robot's ~185k visual triangles (mesh_decimation; -> ~5 ms), whatever the image size.
 RENDER_QUALITIES = ("fast", "full")
+CAMERAS = ("front", "wrist")
+
+# The wrist camera, in the frame of the gripper's attachment site (z: down the gripper towards the
+# fingertips, which meet at z = 0.156 m; x: the direction the fingers close in). It sits 8 cm to the
+# side of the fingers' plane, 5 cm down the gripper, and looks at a point past the fingertips, so
+# both fingertips are at the bottom of the image and what lies between and below them is in view.
+_WRIST_CAMERA_POS = np.array([0.0, 0.08, 0.05])
+_WRIST_CAMERA_TARGET = np.array([0.0, 0.0, 0.30])
+_WRIST_CAMERA_UP = np.array([0.0, 1.0, 0.0])
+_WRIST_CAMERA_FOVY_DEG = 70.0
+_WRIST_CAMERA_NEAR = 0.01  # m; the model's near plane (7 cm) would cut the fingers off
 
 # A cube counts as placed within this distance of its target (CubeEnv._compute_successes).
 _CUBE_SUCCESS_RADIUS = 0.04
@@ -105,6 +122,14 @@ _RENDER_HELP = (
     "libgl1-mesa-dri), e.g. `apt-get install -y libegl1 libgl1 libgl1-mesa-dri`, and set MUJOCO_GL=egl "
     "before anything imports mujoco (now MUJOCO_GL={gl!r})."
 )
+
+
+def check_cameras(cameras: Sequence[str]) -> list[str]:
+    """`cameras` as a list; ValueError unless each names one of CAMERAS, at most once."""
+    names = [str(c) for c in cameras]
+    if any(c not in CAMERAS for c in names) or len(set(names)) != len(names):
+        raise ValueError(f"cameras {names} must name each of {CAMERAS} at most once")
+    return names
 
 
 def single_task_env_id(env_name: str, task_id: int) -> str:
@@ -181,6 +206,12 @@ class CubeSim:
         self._target_mocap_ids = [int(model.body(f"object_target_{i}").mocapid[0]) for i in range(self._num_cubes)]
         self._state_names = self._make_state_names()
         self._step_count = 0
+        self._wrist_site = int(model.site("ur5e/attachment_site").id)
+        self._wrist_camera = mujoco.MjvCamera()
+        self._wrist_camera.type = mujoco.mjtCamera.mjCAMERA_FREE  # placed by _place_wrist_camera
+        # Before any GL context exists (it uploads the meshes once); physics never reads these triangles.
+        self.decimation: DecimationResult | None = (
+            decimate_visual_meshes(model) if self._render_enabled and render_quality == "fast" else None)
 
     # --- description ------------------------------------------------------------------------
     @property
@@ -301,8 +332,10 @@ class CubeSim:
         yaw = float(lie.SO3(wxyz=np.asarray(data.mocap_quat[mid], dtype=np.float64)).compute_yaw_radians())
         return np.asarray(data.mocap_pos[mid], dtype=np.float64).copy(), yaw
 
-    def render(self) -> np.ndarray:
-        """RGB uint8 [image_size, image_size, 3] from the scene's front camera."""
+    def render(self, camera: str = "front") -> np.ndarray:
+        """RGB uint8 [image_size, image_size, 3] from `camera`: "front" (the scene's) or "wrist"."""
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown camera {camera!r}; CubeSim has {CAMERAS}")
         if not self._render_enabled:
             raise RuntimeError("this CubeSim was built with render=False; pass render=True to get images")
         gl = os.environ.get("MUJOCO_GL", "").lower()
@@ -318,7 +351,10 @@ class CubeSim:
             if self.render_quality == "fast":
                 # A 4096-pixel shadow map per light costs most of a software-rendered frame.
                 self._u._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            img = self._u.render()  # OGBench's 'front' camera for state-based envs
+            if camera == "front":
+                img = self._u.render()  # OGBench's 'front' camera for state-based envs
+            else:
+                img = self._u.render(camera=self._wrist_camera, scene_callback=self._place_wrist_camera)
         except Exception as err:  # GL failures surface as many types (ImportError, FatalError, ...)
             raise RuntimeError(_RENDER_HELP.format(err=err, gl=os.environ.get("MUJOCO_GL"))) from err
         return np.ascontiguousarray(img, dtype=np.uint8)
@@ -337,6 +373,23 @@ class CubeSim:
         self.close()
 
     # --- helpers ----------------------------------------------------------------------------
+    def _place_wrist_camera(self, scene: mujoco.MjvScene) -> None:
+        # A free camera cannot roll with the wrist, so the scene's eye is set directly instead.
+        data = self._u.data
+        rot = data.site_xmat[self._wrist_site].reshape(3, 3)
+        origin = data.site_xpos[self._wrist_site]
+        pos = origin + rot @ _WRIST_CAMERA_POS
+        forward = rot @ (_WRIST_CAMERA_TARGET - _WRIST_CAMERA_POS)
+        forward /= np.linalg.norm(forward)
+        up = rot @ _WRIST_CAMERA_UP
+        up -= forward * float(up @ forward)
+        up /= np.linalg.norm(up)
+        half_height = _WRIST_CAMERA_NEAR * np.tan(np.radians(_WRIST_CAMERA_FOVY_DEG) / 2)
+        for eye in scene.camera:  # both eyes of the (mono) stereo pair
+            eye.pos[:], eye.forward[:], eye.up[:] = pos, forward, up
+            eye.frustum_near = _WRIST_CAMERA_NEAR
+            eye.frustum_top, eye.frustum_bottom, eye.frustum_center = half_height, -half_height, 0.0
+
     @staticmethod
     def _ros_joint_name(mujoco_name: str) -> str:
         # 'ur5e/shoulder_pan_joint' -> 'shoulder_pan_joint' (the UR driver's name);

@@ -9,7 +9,8 @@ step t holds:
 - `next.reward`        float32 [1]  reward returned by step(a_t)
 - `next.done`          bool    [1]  the episode ended with this step (success or time-out)
 - `next.success`       bool    [1]  info["success"] of this step
-- `observation.images.front` video [size, size, 3] (with_images only), rendered at s_t
+- `observation.images.<camera>` video [size, size, 3] per camera asked for ("front", "wrist"),
+  rendered at s_t
 
 Reward and success follow OGBench's single-task convention (see `dfp_ros.sim.cube_env`): they judge
 s_t, so the last frame of a successful episode is the first one that shows the cube on target.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,14 @@ from typing import Any
 import numpy as np
 
 from dfp_ros.scheduling import no_realtime_leak
-from dfp_ros.sim.cube_env import CubeSim
+from dfp_ros.sim.cube_env import CAMERAS, CubeSim, check_cameras
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEY = "observation.images.front"
+
+def image_key(camera: str) -> str:
+    """The dataset feature a camera is recorded under: 'front' -> 'observation.images.front'."""
+    return f"observation.images.{camera}"
 
 
 @dataclass
@@ -51,7 +56,7 @@ class CollectSummary:
         return self.successes / max(self.episodes, 1)
 
 
-def dataset_features(sim: CubeSim, with_images: bool = False) -> dict[str, dict[str, Any]]:
+def dataset_features(sim: CubeSim, cameras: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """LeRobot feature spec for demonstrations from `sim` (shapes as tuples: LeRobot compares them so)."""
     features: dict[str, dict[str, Any]] = {
         "observation.state": {"dtype": "float32", "shape": (sim.state_dim,), "names": sim.state_names},
@@ -60,8 +65,8 @@ def dataset_features(sim: CubeSim, with_images: bool = False) -> dict[str, dict[
         "next.done": {"dtype": "bool", "shape": (1,), "names": None},
         "next.success": {"dtype": "bool", "shape": (1,), "names": None},
     }
-    if with_images:
-        features[IMAGE_KEY] = {
+    for camera in cameras:
+        features[image_key(camera)] = {
             "dtype": "video",
             "shape": (sim.image_size, sim.image_size, 3),
             "names": ["height", "width", "channels"],
@@ -78,7 +83,7 @@ def collect_oracle_dataset(
     seed: int = 0,
     noise: float = 0.1,
     smoothing: float = 0.5,
-    with_images: bool = False,
+    cameras: Sequence[str] = (),
     image_size: int = 96,
     progress: bool = True,
     max_steps: int | None = None,
@@ -86,7 +91,8 @@ def collect_oracle_dataset(
     """Write `episodes` oracle demonstrations (episode i reset with seed + i) to a new dataset at root.
 
     Every episode is kept, failed ones too (their `next.success` stays False); the success count is
-    logged. `max_steps` cuts episodes shorter than the env's time limit (for quick tests).
+    logged. `cameras` (CubeSim's "front", "wrist") are rendered at every step, each into its own
+    video feature (`image_key`). `max_steps` cuts episodes shorter than the env's time limit (for quick tests).
     """
     # Imported here so the simulator and evaluation work in the deploy profile, which has no lerobot.
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -95,6 +101,7 @@ def collect_oracle_dataset(
     root = Path(root)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    cameras = check_cameras(cameras)
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
     if root.exists():
@@ -102,8 +109,8 @@ def collect_oracle_dataset(
         raise FileExistsError(f"{root} already exists; LeRobotDataset.create needs a new folder")
 
     t0 = time.perf_counter()
-    sim = CubeSim(env_name, task_id=task_id, seed=seed, render=with_images, image_size=image_size)
-    if with_images:
+    sim = CubeSim(env_name, task_id=task_id, seed=seed, render=bool(cameras), image_size=image_size)
+    if cameras:
         sim.reset()
         sim.render()  # fail now, with the package hint, rather than after the first episode
     oracle = sim.oracle(noise=noise, smoothing=smoothing, seed=seed)
@@ -111,7 +118,7 @@ def collect_oracle_dataset(
         repo_id,
         fps=round(sim.fps),
         root=root,
-        features=dataset_features(sim, with_images),
+        features=dataset_features(sim, cameras),
         robot_type="ogbench_ur5e_robotiq_2f85",
         use_videos=True,
     )
@@ -126,8 +133,8 @@ def collect_oracle_dataset(
             for t in range(sim.max_episode_steps):
                 action = oracle.select_action(state, sim.info)
                 frame: dict[str, Any] = {"observation.state": state, "action": action}
-                if with_images:
-                    frame[IMAGE_KEY] = sim.render()  # the view at s_t, like a camera sampled with it
+                for camera in cameras:  # the views at s_t, like cameras sampled with it
+                    frame[image_key(camera)] = sim.render(camera)
                 next_state, reward, terminated, truncated, info = sim.step(action)
                 cut = max_steps is not None and t + 1 >= max_steps
                 done = terminated or truncated or cut
@@ -185,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=0.1, help="oracle plan noise (OGBench's 'noise')")
     parser.add_argument("--smoothing", type=float, default=0.5,
                         help="temporal smoothing (sigma, steps) of the plan noise")
-    parser.add_argument("--images", action="store_true",
-                        help="also record the front camera as video (needs EGL: Debian libegl1, libgl1; ~0.1 s/frame)")
+    parser.add_argument("--cameras", nargs="+", default=[], choices=CAMERAS, metavar="CAMERA",
+                        help=f"also record these cameras ({', '.join(CAMERAS)}) as videos (needs EGL: Debian "
+                             "libegl1, libgl1; ~5 ms per frame and camera)")
     parser.add_argument("--image-size", type=int, default=96, help="camera image height and width")
     parser.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = collect_oracle_dataset(args.root, args.repo_id, args.episodes, env_name=args.env, task_id=args.task,
                                seed=args.seed, noise=args.noise, smoothing=args.smoothing,
-                               with_images=args.images, image_size=args.image_size,
+                               cameras=args.cameras, image_size=args.image_size,
                                progress=not args.quiet, max_steps=args.max_steps)
     print(f"{s.root}: {s.episodes} episodes, {s.frames} frames, oracle success {s.successes}/{s.episodes} "
           f"({100 * s.success_rate:.0f}%), {s.seconds:.1f} s")
