@@ -109,6 +109,58 @@ def test_camera_model_runs_and_bad_frames_are_dropped_and_counted(image_model, t
     assert "yuv422" in log and "lacks joints" in log
 
 
+def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_stop_it(image_model, tmp_path):
+    """Joint states alone never make a command for a camera model; frames that stop make the watchdog stop it."""
+    dom = domain_id(offset=76)
+    params = {"model_path": str(image_model), "enabled": True, "state_topics": ["/arm/joint_states"],
+              "state_types": ["joint_state"], "camera.front.topic": "/cam/image_raw", "max_obs_age_s": 0.3,
+              "watchdog_action": "stop"}
+    with running_node("dfp_ros.nodes.policy_node", params, ros_env(dom), log_dir=tmp_path) as proc, \
+            RosGraph(dom) as graph:
+        joints = graph.publisher("/arm/joint_states", JointState)
+        cam = graph.publisher("/cam/image_raw", Image)
+        chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
+        commands = graph.collect("/policy_node/command", Float64MultiArray)
+        diag = graph.collect("/diagnostics", DiagnosticArray)
+        assert graph.wait_matched(joints) and graph.wait_matched(cam)
+        image, joint_msg = _image("rgb8"), _joints()
+
+        def feed(seconds: float, with_frames: bool) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                image.header.stamp = joint_msg.header.stamp = graph.node.get_clock().now().to_msg()
+                if with_frames:
+                    cam.publish(image)
+                joints.publish(joint_msg)
+                graph.spin_for(0.05)
+
+        feed(2.0, with_frames=False)  # the camera driver is not up
+        assert chunks.count == 0 and commands.count == 0, "acted without a camera frame"
+        assert graph.spin_until(lambda: diag.count > 0, 3.0)
+        assert "front" in _diagnostics(diag)["missing"], _diagnostics(diag)
+        feed(1.0, with_frames=True)
+        assert commands.count > 0, proc.log()[-2000:]
+        feed(0.5, with_frames=False)  # the camera stops; joint states go on
+        settled = time.monotonic()
+        chunks_then, commands_then = chunks.count, len([a for a in commands.arrivals if a <= settled])
+        feed(1.5, with_frames=False)
+        assert chunks.count == chunks_then, "planned from a stale frame"
+        assert len([a for a in commands.arrivals if a <= time.monotonic()]) == commands_then, \
+            "commanded after its frames went stale"
+        graph.spin_for(1.2)
+        values = _diagnostics(diag)
+        assert values["watchdog"] == "stale" and "front" in values["missing"], values
+
+
+def _diagnostics(diag) -> dict[str, str]:
+    """The newest policy_node diagnostics values."""
+    values: dict[str, str] = {}
+    for msg in diag.messages[-2:]:
+        for status in msg.status:
+            values.update({kv.key: kv.value for kv in status.values})
+    return values
+
+
 def test_bad_configuration_refuses_to_start_with_one_clear_line(image_model, tmp_path):
     from ros_graph import start_node
 

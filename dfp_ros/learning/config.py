@@ -46,6 +46,7 @@ class TrainConfig:
     image_keys: list[str] | None = None  # None: every camera of the dataset; []: none
     action_key: str = "action"
     image_size: tuple[int, int] = (96, 96)
+    image_shift: int = 4  # random-shift augmentation of camera frames, in pixels (0 = none)
     steps: int = 20_000
     batch_size: int = 256
     num_gen: int = 8

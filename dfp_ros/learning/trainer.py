@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from dfp_ros.contracts import ModelMetadata
+from dfp_ros.learning.augmentation import random_shift
 from dfp_ros.learning.config import ModelConfig, TrainConfig
 from dfp_ros.learning.critic import polyak_update
 from dfp_ros.learning.dataset import ChunkDataset, DatasetError
@@ -126,6 +127,9 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         batch = self.data.sample(self.cfg.batch_size, self.rng,
                                  with_critic_targets=self.model.critic is not None).to(self.device)
+        if self.cfg.image_shift > 0:
+            batch.images = {k: random_shift(v, self.cfg.image_shift) for k, v in batch.images.items()}
+            batch.next_images = {k: random_shift(v, self.cfg.image_shift) for k, v in batch.next_images.items()}
         if self.cfg.loss == "drift":
             loss, info = drift_bc_loss(self.model, batch, self.cfg.num_gen, self.cfg.temperatures)
         else:

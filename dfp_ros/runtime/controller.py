@@ -727,6 +727,8 @@ class PolicyController:
                 "providers": ",".join(runtime.providers),
                 "provider_fallback": runtime.provider_fallback or "none",
                 "watchdog": watchdog,
+                # Which state source or camera is absent or stale: what a user checks first when nothing moves.
+                "missing": ", ".join(self._asm.missing(now)) or "-",
                 "watchdog_action": safety.watchdog_action,
                 "safety_state": safety.state,
                 "enabled": safety.enabled,

@@ -18,6 +18,7 @@ EPILOG = """examples:
   dfp train --root data/cube --output outputs/cube --resume        # continue from the last checkpoint
   dfp export outputs/cube/checkpoints/last models/cube.onnx --num-samples 16
   dfp check models/cube.onnx                                       # validate and describe a model
+  dfp train-reward --root data/cube_cams --output outputs/reward   # success detector -> outputs/reward/reward.onnx
   dfp bench train                                                  # throughput, reference size
   dfp bench latency                                                # policy node in a real ROS graph
   dfp bench finetune                                               # weak BC policy -> RL through ROS
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc, mc = TrainConfig(), ModelConfig()
     p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,export,check,bench,convert-bag,replay}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{train,export,check,train-reward,bench,convert-bag,replay}")
 
     t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,8 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="ONNX file")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (ONNX Runtime execution provider)")
 
+    add_train_reward_arguments(sub.add_parser(
+        "train-reward", help="train a success detector (reward classifier) on camera frames; export it to ONNX",
+        description="A small CNN scores camera frames (optionally + state) as success. Labels: the dataset's "
+                    "success column (frames at and after an episode's first success), its reward column with "
+                    "--reward-threshold, or the episode outcome (--success-episodes, --label-last-frames). Held-out "
+                    "episodes (--val-fraction) give the precision/recall curve (PNG) and the threshold (F1 "
+                    "optimum) stored in the model. Writes OUTPUT/reward.onnx for reward_node.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
-    bsub = b.add_subparsers(dest="bench", required=True, metavar="{train,latency,finetune,ablation,realtime}")
+    bsub = b.add_subparsers(dest="bench", required=True,
+                            metavar="{train,latency,finetune,ablation,realtime,vision,data}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
@@ -109,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           "success rate per delay for lock-step, real time as shipped and the "
                                           "hand-over modes, chunk boundary jumps; PNG",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba), ("realtime", br)):
+    bv = bsub.add_parser("vision", help="camera policy end to end: render timing, demonstrations through the ROS "
+                                        "graph, decode + train + export, success of policy_node against the "
+                                        "simulator from joint states + cameras only, lock-step and real time",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bd = bsub.add_parser("data", help="camera dataset data path: decode frames/s (cached vs frame by frame), batch "
+                                      "sampling vs the training step, start to first step cold and warm",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba), ("realtime", br),
+                         ("vision", bv), ("data", bd)):
         bench_module(name).add_arguments(parser)
 
     cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
@@ -120,6 +140,71 @@ def build_parser() -> argparse.ArgumentParser:
     for name, parser in (("convert-bag", cb), ("replay", rp)):
         bench_module(name).add_arguments(parser)
     return p
+
+
+def add_train_reward_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--dataset", default="", help="LeRobot repo id (read from the local cache, offline)")
+    r.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json)")
+    r.add_argument("--output", default="outputs/reward", help="run folder: reward.onnx, pr_curve.png, log.csv, "
+                                                              "checkpoint/")
+    r.add_argument("--cameras", type=name_list, default=None,
+                   help="comma-separated camera names, e.g. front,wrist (default: every camera of the dataset)")
+    r.add_argument("--state-keys", type=name_list, default=[],
+                   help="comma-separated state features to add to the frames, e.g. observation.state (default: none)")
+    r.add_argument("--image-size", type=int_list, default=(64, 64), help="model image size H,W")
+    r.add_argument("--success-key", default="next.success", help="per-frame success column")
+    r.add_argument("--reward-key", default="next.reward", help="per-frame reward column (with --reward-threshold)")
+    r.add_argument("--reward-threshold", type=float, default=None,
+                   help="label from the reward column: reward > this is a success (when there is no success column)")
+    r.add_argument("--success-episodes", type=int_list, default=None,
+                   help="label by episode outcome: these episodes succeeded (their last --label-last-frames frames "
+                        "are successes, every other frame is not); overrides the dataset's columns")
+    r.add_argument("--label-last-frames", type=int, default=None,
+                   help="the last K frames of each successful episode are successes (all episodes without "
+                        "--success-episodes; default 1 with it)")
+    r.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out for the threshold")
+    r.add_argument("--steps", type=int, default=2000)
+    r.add_argument("--batch-size", type=int, default=64, help="frames per batch, half of them successes")
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--image-shift", type=int, default=4, help="random-shift augmentation in pixels (0 = none)")
+    r.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (log.csv)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+
+def cmd_train_reward(a: argparse.Namespace) -> int:
+    from dfp_ros.learning.reward_classifier import LabelRule, RewardTrainConfig, RewardTrainer
+
+    if not a.dataset and not a.root:
+        raise ContractError("give --root (a local dataset folder) or --dataset (a repo id in the cache)")
+    if len(a.image_size) != 2:
+        raise ContractError(f"--image-size takes H,W; got {a.image_size}")
+    if a.steps < 1 or a.batch_size < 2:
+        raise ContractError(f"--steps >= 1 and --batch-size >= 2 are needed, got {a.steps} and {a.batch_size}")
+    rule = LabelRule(success_key=a.success_key, reward_key=a.reward_key, reward_threshold=a.reward_threshold,
+                     success_episodes=None if a.success_episodes is None else list(a.success_episodes),
+                     last_frames=a.label_last_frames)
+    cfg = RewardTrainConfig(dataset=a.dataset, root=a.root, output=a.output, cameras=a.cameras,
+                            state_keys=a.state_keys, image_size=tuple(a.image_size), labels=rule,
+                            val_fraction=a.val_fraction, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                            image_shift=a.image_shift, eval_every=max(a.eval_every, 1), seed=a.seed, device=a.device)
+    trainer = RewardTrainer(cfg, progress=not a.no_progress)
+    d = trainer.data
+    print(f"dfp train-reward: {len(d)} frames, {d.num_episodes} episodes ({len(trainer.train_eps)} training, "
+          f"{len(trainer.val_eps)} held out), cameras {[c.name for c in d.cameras]} at {cfg.image_size}, state "
+          f"{trainer.model.meta.state_dim}; labels: {trainer.label_text} ({int(trainer.labels.sum())} success "
+          f"frames); device {trainer.device}")
+    res = trainer.run()
+    v = res["validation"]
+    print(f"dfp train-reward: {res['steps']} steps in {res['train_seconds']:.1f} s; held-out episodes: precision "
+          f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f} at threshold {res['threshold']:.3f} "
+          f"(average precision {v['average_precision']:.3f}, {v['positives']} success frames of {v['frames']})")
+    ex = res["export"]
+    print(f"dfp train-reward: wrote {res['model']} (hash {ex['metadata']['content_hash'][:12]}); onnx.checker ok; "
+          f"ONNX Runtime vs torch max abs error {ex['max_abs_error']:.2e}; acceptance test stored and passed; "
+          f"precision/recall curve {res['pr_curve']}")
+    return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -204,6 +289,10 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import finetune_ablation as module
     elif name == "realtime":
         from dfp_ros.tools import realtime_bench as module
+    elif name == "vision":
+        from dfp_ros.tools import vision_bench as module
+    elif name == "data":
+        from dfp_ros.tools import data_bench as module
     # Not benchmarks, but commands built the same way (add_arguments, run_from_args):
     elif name == "convert-bag":
         from dfp_ros.tools import convert_bag as module
@@ -224,7 +313,8 @@ def cmd_tool(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "bench": cmd_bench,
+    handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "train-reward": cmd_train_reward,
+                "bench": cmd_bench,
                 "convert-bag": cmd_tool, "replay": cmd_tool}
     try:
         return handlers[args.command](args)

@@ -57,8 +57,9 @@ def mode_params(mode: str, delay_s: float, num_samples: int) -> tuple[dict[str, 
     sim: dict[str, Any] = {}
     if mode == "lockstep":
         sim["mode"] = "lockstep"
-        # Every plan is waited for, however slow, and an observation stays fresh meanwhile.
-        policy.update(trigger="observation", max_plan_wait_s=1000.0, max_obs_age_s=1000.0)
+        # Every plan is waited for, however slow, and an observation stays fresh meanwhile; the simulator
+        # stamps joint states and frames with simulated time, so the wall-clock stamp check is off.
+        policy.update(trigger="observation", max_plan_wait_s=1000.0, max_obs_age_s=1000.0, max_stamp_offset_s=0.0)
     elif mode == "realtime_timer":
         policy["trigger"] = "timer"
     elif mode == "realtime_nearest":
@@ -69,8 +70,10 @@ def mode_params(mode: str, delay_s: float, num_samples: int) -> tuple[dict[str, 
 
 
 def run_one(mode: str, delay_ms: float, episodes: int, domain: int, log_dir: Path, model: str, seed: int = 0,
-            num_samples: int = 8, timeout_s: float = 900.0) -> dict[str, Any]:
-    """One (mode, delay) run on ROS domain `domain`; the figures of the module docstring."""
+            num_samples: int = 8, timeout_s: float = 900.0, sim_extra: dict[str, Any] | None = None,
+            policy_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One (mode, delay) run on ROS domain `domain`; the figures of the module docstring. `sim_extra` and
+    `policy_extra` override parameters of the two nodes (cameras and a camera model's topics, say)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
@@ -78,8 +81,8 @@ def run_one(mode: str, delay_ms: float, episodes: int, domain: int, log_dir: Pat
     env = graph_env(domain)
     log_dir.mkdir(parents=True, exist_ok=True)
     sim_params, policy_params = mode_params(mode, delay_ms / 1e3, num_samples)
-    sim_params.update(max_episodes=episodes, seed=seed)
-    policy_params.update(model_path=model, seed=seed)
+    sim_params.update(max_episodes=episodes, seed=seed, **(sim_extra or {}))
+    policy_params.update(model_path=model, seed=seed, **(policy_extra or {}))
     events: list[str] = []
     last_event = [time.monotonic()]
     diag: dict[str, dict[str, str]] = {"policy": {}, "sim": {}}
