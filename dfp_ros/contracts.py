@@ -21,6 +21,12 @@ IMAGE_INPUT_PREFIX = "image."
 OUTPUT_ACTIONS = "actions"
 OUTPUT_Q = "q"
 OUTPUT_BEST = "best"
+OUTPUT_SCORE = "score"  # a reward model's output: float32 [B], the probability that the frame shows success
+
+# What a model file is: metadata without a "kind" is a policy (every policy file ever exported), so
+# policies keep loading in any dfp_ros version; a success detector says so (RewardModelMetadata).
+MODEL_KIND_POLICY = "policy"
+MODEL_KIND_REWARD = "reward_classifier"
 
 
 def image_input_name(camera: str) -> str:
@@ -81,6 +87,10 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelMetadata:
+        kind = model_kind(d)
+        if kind != MODEL_KIND_POLICY:
+            raise ContractError(f"this is a {kind} model, not a policy")
+        d = {k: v for k, v in d.items() if k != "kind"}
         known = {f for f in cls.__dataclass_fields__}
         missing = [k for k in ("state", "cameras", "action_names", "horizon", "action_dim",
                                "num_samples", "has_critic") if k not in d]
@@ -97,6 +107,56 @@ class ModelMetadata:
 
 class ContractError(ValueError):
     """A model, dataset or message does not match the contract dfp_ros expects."""
+
+
+def model_kind(d: dict[str, Any]) -> str:
+    """The kind of model a metadata dict describes (MODEL_KIND_POLICY when it names none)."""
+    return str(d.get("kind", MODEL_KIND_POLICY))
+
+
+@dataclass
+class RewardModelMetadata:
+    """What an exported success detector promises (same metadata key and JSON as a policy, `kind` set).
+
+    Inputs: `state` float32 [B, S] (S = state_dim, may be 0) and `image.<camera>` uint8 [B, H, W, 3]
+    RGB; output `score` float32 [B] in [0, 1]. A frame is a success when its score >= `threshold`."""
+
+    state: list[StateSpec]
+    cameras: list[CameraSpec]
+    threshold: float  # default decision threshold (the held-out F1 optimum at training)
+    labels: str = ""  # how the training frames were labelled, e.g. "next.success" or "last 5 frames"
+    fps: float = 0.0
+    validation: dict[str, Any] = field(default_factory=dict)  # held-out precision, recall, F1 at threshold
+    dataset: str = ""
+    git_revision: str = ""
+    created: str = ""
+    content_hash: str = ""
+    weights: str = "float32"
+    kind: str = MODEL_KIND_REWARD
+    format_version: int = MODEL_FORMAT_VERSION
+
+    @property
+    def state_dim(self) -> int:
+        return sum(s.dim for s in self.state)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RewardModelMetadata:
+        kind = model_kind(d)
+        if kind != MODEL_KIND_REWARD:
+            raise ContractError(f"this is a {kind} model, not a reward model ({MODEL_KIND_REWARD})")
+        missing = [k for k in ("state", "cameras", "threshold") if k not in d]
+        if missing:
+            raise ContractError(f"reward model metadata lacks required fields {missing}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ContractError(f"reward model metadata has fields this dfp_ros does not know: {unknown}")
+        d = dict(d)
+        d["state"] = [StateSpec(**s) for s in d["state"]]
+        d["cameras"] = [CameraSpec(**c) for c in d["cameras"]]
+        return cls(**d)
 
 
 # --- Topics; all remappable ------------------------------------------------------------------
@@ -125,7 +185,10 @@ TOPIC_ESTOP = "estop"
 TOPIC_DIAGNOSTICS = "/diagnostics"
 TOPIC_MODEL_UPDATE = "dfp/model_update"
 
-EPISODE_EVENTS = ("start", "success", "failure", "timeout", "reset")
+# reset_failed: reset_node could not take the robot home between two episodes (no start follows until the
+# operator acts).
+EPISODE_RESET_FAILED = "reset_failed"
+EPISODE_EVENTS = ("start", "success", "failure", "timeout", "reset", EPISODE_RESET_FAILED)
 
 
 def sim_camera_topic(camera: str) -> str:

@@ -34,3 +34,22 @@ def shift_acceptance_reference(src: Path, dst: Path, half_ranges: float) -> None
         return json.dumps(d)
 
     edit_acceptance(src, dst, shift)
+
+
+def zero_action_model(src: Path, dst: Path) -> None:
+    """A model that loads like `src` and always answers zero actions (hold still): a policy that never makes
+    progress. Its graph subtracts the actions from themselves; the acceptance reference says zeros."""
+    proto = onnx.load(str(src))
+    for node in proto.graph.node:
+        node.output[:] = ["actions_computed" if o == "actions" else o for o in node.output]
+    proto.graph.node.append(onnx.helper.make_node("Sub", ["actions_computed", "actions_computed"], ["actions"]))
+
+    def zeros(text: str) -> str:
+        d = json.loads(text)
+        d["actions"] = encode_array(np.zeros_like(decode_array(d["actions"])))
+        return json.dumps(d)
+
+    for p in proto.metadata_props:
+        if p.key == ACCEPTANCE_KEY:
+            p.value = zeros(p.value)
+    onnx.save(proto, str(dst))

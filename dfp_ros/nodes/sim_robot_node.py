@@ -23,12 +23,12 @@ Topics published (contracts.py names):
   /joint_states          sensor_msgs/JointState: the arm's real joint names, positions, velocities
   /sim/state             std_msgs/Float32MultiArray: the full state vector (one dim labelled "state")
   /sim/state_names       std_msgs/String, latched (transient local): JSON list naming /sim/state
-  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS: the front camera (camera_rate_hz > 0 and
-                         "front" in cameras)
+  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS (lock-step: reliable): the front camera
+                         (camera_rate_hz > 0 and "front" in cameras)
   /sim/wrist_camera/image_raw  the same from the camera on the gripper ("wrist" in cameras)
   /reward                std_msgs/Float32, one per step
   /episode               std_msgs/String: "start" after each reset, "success" or "timeout" at the end,
-                         then "reset" (followed by the next "start")
+                         then "reset" (followed by the next "start"); reset_mode external: only the ends
   /clock                 rosgraph_msgs/Clock (lockstep only)
   /diagnostics           every second: steps, holds, superseded and dropped commands, episodes,
                          successes, and when commands arrive after a tick (command_after_tick_p50/p99_ms)
@@ -40,6 +40,11 @@ no step when the controller answers within a millisecond, even through a ~300 ms
 delivery; a late transient-local reader then gets up to 1000 past observations (its own depth permitting),
 so controllers (which answer every state) subscribe volatile and get the current one from the republish
 while nobody answers (`lockstep_republish_s`).
+
+reset_mode external (a real robot's way; teleport resets arm and cube at once): after an episode's end the
+arm stays and moves with the commands (no reward, no time limit) until a "start" on /episode (reset_node's)
+places the cube anew, arm kept. Lock-step drops the one command answering the last state before "start"
+(stepping it too would keep two commands in flight); none within lockstep_republish_s: it starts anyway.
 
 Commands: Float64MultiArray with the action values in order, a one-point JointTrajectory whose
 joint_names are the action names, or a JointState with name = action names and position = values
@@ -79,6 +84,7 @@ from dfp_ros.sim.cube_env import CAMERAS, CubeSim, check_cameras
 TOPIC_CLOCK = "/clock"  # fixed by ROS (use_sim_time listens here), so not a contract of ours
 
 MODES = ("realtime", "lockstep")
+RESET_MODES = ("teleport", "external")
 
 PARAMS: list[Param] = [
     Param("env_name", "cube-single-v0", "OGBench state-based cube environment"),
@@ -98,6 +104,9 @@ PARAMS: list[Param] = [
     Param("command_topic", contracts.TOPIC_POLICY_COMMAND, "per-tick command topic"),
     Param("command_type", "float64_array", "the per-tick command message", choices=ros_io.COMMAND_TYPES),
     Param("max_episodes", 0, "exit (code 0) after this many episodes; 0 = run forever", low=0),
+    Param("reset_mode", "teleport", "teleport: reset arm and cube at an episode's end; external: the arm stays, "
+                                    "moves with the commands until a 'start' on /episode places the cube anew",
+          choices=RESET_MODES),
     Param("hold_on_missing_command", True, "realtime: step a zero action (hold) when no fresh command arrived "
                                            "since the last tick; false = do not step that tick"),
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages (0 = none)", low=0.0),
@@ -114,6 +123,8 @@ PARAMS: list[Param] = [
 LOCKSTEP_DEPTH = ros_io.EVENTS.depth
 _LOCKSTEP_STATES = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Lock-step frames reliable: a recorder (reliable or best effort: both match) must not lose a step's frame.
+_LOCKSTEP_IMAGES = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 # ros2_control's controllers subscribe commands reliably; lock-step must not lose one.
 _COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
@@ -138,6 +149,9 @@ class SimRobotNode(Node):
         if not p["rate_hz"] > 0:
             raise ValueError(f"parameter rate_hz must be > 0, got {p['rate_hz']}")
         self.mode: str = p["mode"]
+        self.reset_mode: str = p["reset_mode"]
+        self._ended_ns = 0  # external reset: when the episode ended (wall ns); 0 while one runs
+        self._start_next = False  # lock-step external reset: start at the next command (see the docstring)
         self.max_episodes: int = p["max_episodes"]
         self.hold_on_missing: bool = p["hold_on_missing_command"]
         cameras = check_cameras(p["cameras"])  # a misspelt name is refused even while the cameras are off
@@ -175,14 +189,16 @@ class SimRobotNode(Node):
         self.pub_state_names = self.create_publisher(String, contracts.TOPIC_SIM_STATE_NAMES, ros_io.LATCHED)
         self.pub_reward = self.create_publisher(Float32, contracts.TOPIC_REWARD, ros_io.EVENTS)
         self.pub_episode = self.create_publisher(String, contracts.TOPIC_EPISODE, ros_io.EVENTS)
-        self.pub_images = {c: self.create_publisher(Image, contracts.sim_camera_topic(c), qos_profile_sensor_data)
-                           for c in cameras}
+        images_qos = _LOCKSTEP_IMAGES if self.mode == "lockstep" else qos_profile_sensor_data
+        self.pub_images = {c: self.create_publisher(Image, contracts.sim_camera_topic(c), images_qos) for c in cameras}
         self.pub_clock = (self.create_publisher(ClockMsg, TOPIC_CLOCK, ros_io.LATCHED)
                           if self.mode == "lockstep" else None)
         self.pub_diag = self.create_publisher(DiagnosticArray, contracts.TOPIC_DIAGNOSTICS, 10)
 
         self.sub_command = self.create_subscription(
             ros_io.COMMAND_MSG[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
+        if self.reset_mode == "external":
+            self.create_subscription(String, contracts.TOPIC_EPISODE, self._on_episode, ros_io.EVENTS)
 
         # Timers run on the steady clock: realtime means wall time whatever use_sim_time says.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -207,7 +223,8 @@ class SimRobotNode(Node):
             + f"; commands: {p['command_type']} on {self.sub_command.topic_name}"
             + (f"; cameras {', '.join(cameras)} {p['image_size']}px at {p['camera_rate_hz']:g} Hz" if self._camera_ok
                else "; no camera")
-            + (f"; stopping after {self.max_episodes} episodes" if self.max_episodes else ""))
+            + (f"; stopping after {self.max_episodes} episodes" if self.max_episodes else "")
+            + ("; episodes start on 'start' (external reset)" if self.reset_mode == "external" else ""))
         if self.mode == "realtime":
             self.get_logger().info("waiting for the first command before stepping")
         if self.pub_clock is not None:  # sim time starts at 0, latched for nodes that start later
@@ -229,7 +246,10 @@ class SimRobotNode(Node):
         if not self._got_command:
             self._got_command = True
             self.get_logger().info("first command received")
-        if self.mode == "lockstep":
+        if self.mode == "lockstep" and self._start_next:
+            self._start_next = False
+            self._start_episode(self.sim.reset(keep_arm=True), announce=False)
+        elif self.mode == "lockstep":
             self._step(action)
         else:
             if self._last_tick:
@@ -263,11 +283,13 @@ class SimRobotNode(Node):
         return self.get_clock().now()
 
     def _step(self, action: np.ndarray) -> None:
+        if self._ended_ns:  # external reset: between episodes, the robot moves on its way home
+            self.total_steps += 1
+            self._publish_observation(self.sim.step_outside_episode(action), self._tick_stamp())
+            return
         state, reward, terminated, truncated, info = self.sim.step(action)
         self.total_steps += 1
-        stamp = self._stamp()
-        if self.pub_clock is not None:
-            self.pub_clock.publish(ClockMsg(clock=stamp.to_msg()))
+        stamp = self._tick_stamp()
         self.pub_reward.publish(Float32(data=float(reward)))
         if not (terminated or truncated):
             self._publish_observation(state, stamp)
@@ -282,13 +304,34 @@ class SimRobotNode(Node):
         if self.max_episodes and self.episodes >= self.max_episodes:
             self.finished = True
             return
+        if self.reset_mode == "external":  # the arm stays; the state keeps coming for whoever takes it home
+            self._ended_ns = time.time_ns()
+            self._publish_observation(state, stamp)
+            return
         self._publish_event("reset")
         self._start_episode(self.sim.reset())
 
-    def _start_episode(self, state: np.ndarray) -> None:
+    def _tick_stamp(self) -> Time:
+        stamp = self._stamp()
+        if self.pub_clock is not None:
+            self.pub_clock.publish(ClockMsg(clock=stamp.to_msg()))
+        return stamp
+
+    def _on_episode(self, msg: String, info: dict) -> None:
+        # Only a start sent after the episode's end (DDS source times are wall clock): not our own at boot.
+        if msg.data != "start" or not self._ended_ns or self.finished or ros_io.sent_ns(info) < self._ended_ns:
+            return
+        self._ended_ns = 0
+        if self.mode == "lockstep":
+            self._start_next = True
+        else:
+            self._start_episode(self.sim.reset(keep_arm=True), announce=False)
+
+    def _start_episode(self, state: np.ndarray, announce: bool = True) -> None:
         self._pending = None  # a command meant for the old episode must not move the new one
-        self._publish_event("start")
-        self.get_logger().info(f"episode {self.episodes + 1} start")
+        if announce:
+            self._publish_event("start")
+        self.get_logger().info(f"episode {self.episodes + 1} start" + ("" if announce else " (external reset)"))
         self._publish_observation(state, self._stamp(), force_image=True)
 
     def _publish_event(self, event: str) -> None:
@@ -335,6 +378,10 @@ class SimRobotNode(Node):
             return
         # Nothing happened for a while: re-send the current observation (same stamp) and time.
         self._last_command_time = self._steady.now()
+        if self._start_next:  # no command came to drop: start the episode now
+            self._start_next = False
+            self._start_episode(self.sim.reset(keep_arm=True), announce=False)
+            return
         if self._last_obs is None:
             return
         state, stamp = self._last_obs

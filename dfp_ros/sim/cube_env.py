@@ -271,14 +271,28 @@ class CubeSim:
         return self._env
 
     # --- episode ----------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Start an episode; with no seed the first reset uses the constructor's seed, later ones go on."""
+    def reset(self, seed: int | None = None, keep_arm: bool = False) -> np.ndarray:
+        """Start an episode; with no seed the first reset uses the constructor's seed, later ones go on.
+
+        `keep_arm`: only the cubes are placed anew (as OGBench samples them); the arm and gripper stay where
+        they are, at the speed they have, as a real robot moved home by a reset controller would."""
         if seed is None and self._first_reset:
             seed = self.seed
         self._first_reset = False
+        u = self._u
+        robot_q, robot_v = self._robot_dofs() if keep_arm else (None, None)
+        if keep_arm:
+            qpos, qvel = u.data.qpos[robot_q].copy(), u.data.qvel[robot_v].copy()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*precision lowered.*")
             obs, info = self._env.reset(seed=seed)
+        if keep_arm:
+            u.data.qpos[robot_q], u.data.qvel[robot_v] = qpos, qvel
+            # OGBench's own end of a reset (initialize_episode), for the restored arm: sites, success flags.
+            u.pre_step()
+            mujoco.mj_forward(u.model, u.data)
+            u.post_step()
+            obs, info = u.compute_observation(), u.get_reset_info()
         self._info = info
         self._done = False
         self._step_count = 0
@@ -299,6 +313,15 @@ class CubeSim:
         self._done = terminated or truncated
         return np.asarray(obs, dtype=np.float32), float(reward), terminated, truncated, info
 
+    def step_outside_episode(self, action: np.ndarray) -> np.ndarray:
+        """After an episode's end, before the next reset: move the robot (one control step of `action`,
+        clipped) with no reward, success or time limit; returns the new state. How a reset controller
+        takes the arm home before `reset(keep_arm=True)`."""
+        a = np.clip(self.check_action(action), self._action_low, self._action_high)
+        obs, *_, info = self._u.step(a.astype(np.float64))  # the env itself: no TimeLimit count
+        self._info = info
+        return np.asarray(obs, dtype=np.float32)
+
     def check_action(self, action: Any) -> np.ndarray:
         """Return the action as float32 [action_dim], or raise ValueError naming the expected shape."""
         try:
@@ -310,6 +333,17 @@ class CubeSim:
         if not np.isfinite(a).all():
             raise ValueError(f"action {a.tolist()} holds NaN or inf; expected ({self._action_dim},) finite numbers")
         return a
+
+    def _robot_dofs(self) -> tuple[np.ndarray, np.ndarray]:
+        """qpos and qvel indices of everything but the cubes' free joints (the arm, the gripper's joints)."""
+        model = self._u.model
+        cube_q, cube_v = set(), set()
+        for i in range(self._num_cubes):
+            joint = model.joint(f"object_joint_{i}")
+            cube_q.update(range(int(joint.qposadr[0]), int(joint.qposadr[0]) + 7))
+            cube_v.update(range(int(joint.dofadr[0]), int(joint.dofadr[0]) + 6))
+        return (np.array([i for i in range(model.nq) if i not in cube_q]),
+                np.array([i for i in range(model.nv) if i not in cube_v]))
 
     def joint_positions(self) -> np.ndarray:
         """Current positions (rad) of `joint_names`, read from MuJoCo's qpos."""
