@@ -18,15 +18,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# How long after its time a trigger may be handled (settle, timeout, a busy process): messages are kept
+# for max_age + this.
+HANDLING_LAG_S = 5.0
+
 
 class StreamBuffer:
-    """The last few (time_ns, value) of one stream; messages may be handled slightly out of order."""
+    """(time_ns, value) of one stream for the last `keep_ns` of stream time; messages may be handled slightly
+    out of order.
 
-    def __init__(self, depth: int = 64) -> None:
-        self._items: deque[tuple[int, Any]] = deque(maxlen=depth)
+    Kept by time, not by count: a lock-step simulator publishes far faster than real time, and a trigger
+    is handled up to settle/timeout (and a busy process's lag) after its time, so a fixed number of
+    messages can already have lost the one it needs. The newest message older than the window stays too:
+    a trigger at the window's start still finds its state.
+    """
+
+    def __init__(self, keep_ns: int) -> None:
+        self.keep_ns = int(keep_ns)
+        self._items: deque[tuple[int, Any]] = deque()
+        self._newest = -1
 
     def add(self, t_ns: int, value: Any) -> None:
         self._items.append((int(t_ns), value))
+        self._newest = max(self._newest, int(t_ns))
+        boundary = self._newest - self.keep_ns
+        # Times are nearly sorted (per topic DDS delivers in order): trim from the front while the next is
+        # also at or before the boundary.
+        while len(self._items) > 1 and self._items[1][0] <= boundary and self._items[0][0] <= boundary:
+            self._items.popleft()
 
     def newest_at(self, t_ns: int) -> tuple[int, Any] | None:
         """The newest item with time <= t_ns (None when there is none)."""
@@ -37,7 +56,7 @@ class StreamBuffer:
         return best
 
     def newest_time(self) -> int:
-        return max((t for t, _ in self._items), default=-1)
+        return self._newest
 
     def clear(self) -> None:
         self._items.clear()
@@ -53,12 +72,13 @@ class SampleResult:
 class FrameSampler:
     """Builds frames from the newest message of each stream no older than `max_age_s` (see module doc)."""
 
-    def __init__(self, streams: Sequence[str], max_age_s: float, depth: int = 64) -> None:
+    def __init__(self, streams: Sequence[str], max_age_s: float, lag_s: float = HANDLING_LAG_S) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
         self.streams = list(streams)
         self.max_age_ns = int(max_age_s * 1e9)
-        self._buffers = {s: StreamBuffer(depth) for s in self.streams}
+        # A frame at T reads messages back to T - max_age; T is handled up to `lag_s` after the newest message.
+        self._buffers = {s: StreamBuffer(int((max_age_s + lag_s) * 1e9)) for s in self.streams}
         self.frames = 0
         self.dropped = 0
         self.missing: dict[str, int] = dict.fromkeys(self.streams, 0)
