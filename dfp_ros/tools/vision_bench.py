@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demos", type=int, default=100, help="demonstrations collected through the ROS graph")
     p.add_argument("--cameras", type=name_list, default=["front", "wrist"], help="simulated cameras recorded")
     p.add_argument("--image-size", type=int, default=64, help="camera frames (and model input): N x N pixels")
-    p.add_argument("--steps", type=int, default=6000, help="training steps")
+    p.add_argument("--steps", type=int, default=4000, help="training steps")
     p.add_argument("--batch-size", type=int, default=64, help="states per batch")
     p.add_argument("--hidden", type=int_list, default=(256, 256, 256), help="actor MLP widths")
     p.add_argument("--image-channels", type=int_list, default=(16, 32, 32, 32),
@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-id", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID; None: 1 + pid %% 100")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch threads for training (0: torch's default; 1 is faster on a machine already busy)")
+    p.add_argument("--render-only", action="store_true", help="only stage 1 (render timing): for a quiet machine")
     p.add_argument("--fresh", action="store_true", help="delete the work folder first")
 
 
@@ -190,6 +193,10 @@ def train_model(work: Path, a: argparse.Namespace) -> dict[str, Any]:
                       checkpoint_every=max(a.steps // 4, 1), device="cpu")
     mcfg = ModelConfig(actor_hidden=tuple(a.hidden), image_channels=tuple(a.image_channels),
                        image_feature_dim=a.image_feature_dim)
+    if a.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(a.torch_threads)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, mcfg, resume=True)  # decodes into the frame cache, or reads it
     out["trainer_start_s"] = round(time.perf_counter() - t0, 1)
@@ -237,6 +244,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     _log(f"[1/6] render timing: cameras {a.cameras} at {a.image_size} px")
     figures = render_figures(a.cameras, a.image_size, a.task_id)
     _log(f"      {figures}")
+    if a.render_only:
+        return {**figures, "cameras": a.cameras, "image_size": a.image_size, "cpus": os.cpu_count()}
     if not (work / "dataset" / "meta" / "info.json").is_file():
         _log(f"[2/6] collecting {a.demos} demonstrations through the ROS graph (lock-step, cameras {a.cameras})")
         figures.update(collect_demos(work, a.demos, a.cameras, a.image_size, a.task_id, domain))
@@ -257,6 +266,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
+    if "bc_success_rate" not in r:
+        return (f"render p50 {r['render_ms_p50']} ms ({'+'.join(r['cameras'])} at {r['image_size']} px), "
+                f"{r['steps_per_s_with_camera']} lock-step steps/s with the cameras")
     return (f"vision policy ({'+'.join(r['cameras'])} at {r['image_size']} px, {r['demonstrations']} demos, "
             f"{r['steps']} steps): success lock-step {r['bc_success_rate']}, real time {r['bc_success_rate_realtime']} "
             f"over {r['eval_episodes']} episodes; render p50 {r['render_ms_p50']} ms, "
