@@ -260,3 +260,60 @@ def test_keyboard_in_a_terminal_starts_saves_and_stops(tmp_path):
         os.close(master)
     s = summary(log_path.read_text())
     assert s["episodes_saved"] == 2 and all(n >= 3 for n in s["saved_lengths"]), s
+
+
+def test_a_takeover_session_records_each_executed_command_with_its_intervention_flag_and_discard_rerecords(tmp_path):
+    """A human-in-the-loop session kept as a dataset: the action is the command the policy node published
+    (`~/executed`), the intervention column its frame_id == human; the operator's discard throws the
+    frames so far away and records again."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    dom = domain_id(111)
+    root = tmp_path / "hil"
+    p = {"root": str(root), "repo_id": "local/hil", "fps": FPS, "sample_on": "action", "max_age_s": 5.0,
+         "state_topics": ["joint_states"], "state_types": ["joint_state"], "joint_names": JOINTS,
+         "action_names": ACTIONS, "executed_topic": "policy_node/executed", "episode_topic": "episode",
+         "auto_episodes": True, "progress_period_s": 0.0, "task": "hil"}
+    proc = start_node(MODULE, p, ros_env(dom), log_dir=tmp_path)
+    try:
+        with RosGraph(dom) as g:
+            joints = g.publisher("joint_states", JointState)
+            executed = g.publisher("policy_node/executed", JointTrajectory)
+            episode = g.publisher("episode", String)
+            assert proc.wait_for_log("recording to", STARTUP_S), proc.log()
+            assert all(g.wait_matched(pub) for pub in (joints, executed, episode))
+
+            def publish(k: int, who: str | None) -> None:
+                joints.publish(JointState(name=JOINTS, position=[float(k), 0.0]))
+                g.spin_for(0.01)
+                if who is not None:  # the command that followed this state (the lock-step order)
+                    msg = JointTrajectory(joint_names=ACTIONS[::-1],  # by name: another order than the dataset's
+                                          points=[JointTrajectoryPoint(positions=[-1.0, float(k)])])
+                    msg.header.frame_id = who
+                    executed.publish(msg)
+                    g.spin_for(0.01)
+
+            episode.publish(String(data="start"))
+            for k in range(3):
+                publish(k, "policy")
+            episode.publish(String(data="discard"))  # the operator's button: these three frames are not kept
+            for k, who in enumerate(["policy", "human", "human", "hold", "policy"], start=10):
+                publish(k, who)
+            publish(99, None)  # a newer state: the last command is paired with its own
+            episode.publish(String(data="success"))
+            assert proc.wait_for_log("episode 0 on disk", 30.0), proc.log()
+        assert stop(proc, timeout=30.0) == 0, proc.log()
+    finally:
+        stop(proc)
+    s = summary(proc.log())
+    assert s["episodes_saved"] == 1 and s["episodes_discarded"] == 1 and s["intervention_frames"] == 2, s
+    ds = LeRobotDataset("local/hil", root=root, video_backend="pyav")
+    action = np.stack([np.asarray(x) for x in ds.hf_dataset["action"]])
+    state = np.stack([np.asarray(x) for x in ds.hf_dataset["observation.state"]])
+    flags = [bool(np.asarray(x).reshape(-1)[0]) for x in ds.hf_dataset["intervention"]]
+    np.testing.assert_array_equal(action, [[k, -1.0] for k in range(10, 15)])
+    np.testing.assert_array_equal(state[:, 0], np.arange(10, 15))  # each command with the state it followed
+    assert flags == [False, True, True, False, False]
+    assert ds.meta.features["intervention"]["dtype"] == "bool"

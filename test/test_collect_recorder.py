@@ -76,7 +76,10 @@ def test_episode_control_transitions():
     assert c.on_event("start", auto=True)[0] == ["start"]
     assert c.on_event("start", auto=True)[0] == ["discard", "start"]  # the end was missed
     assert c.on_event("reset", auto=True)[0] == ["discard"]
+    # The operator's discard (a button): like the re-record key, with or without automatic episodes.
+    assert c.on_event("discard", auto=False)[0] == []  # nothing is being recorded
     c.request("start")
+    assert c.on_event("discard", auto=False)[0] == ["discard", "start"] and c.state == RECORDING
     assert c.request("stop_discard")[0] == ["discard"] and c.state == STOPPED
     assert c.request("start")[0] == []
 
@@ -334,3 +337,26 @@ def test_state_oracle_rebuilds_the_planner_inputs_from_the_published_state():
                 oracle.act(np.zeros(5, np.float32))
         finally:
             oracle.close()
+
+
+@pytest.mark.parametrize("sample_on", ["action", "timer"])
+def test_recording_session_writes_each_commands_own_intervention_flag(sample_on):
+    w, now = _FakeWriter(), [5 * MS]
+    s = _session(w, now, intervention=True, sample_on=sample_on)  # 10 fps: timer frames at 5, 105, 205, ... ms
+    s.request("start")
+    for k, human in enumerate([False, True, True, False]):
+        s.add("state:s", (100 * k + 1) * MS, np.array([k], np.float32))
+        s.on_command((100 * k + 2) * MS, np.array([k], np.float32), intervention=human)
+        now[0] = (100 * k + 50) * MS
+        if sample_on == "timer":
+            s.tick()
+    s.add("state:s", 350 * MS, np.array([9], np.float32))
+    s.pump(flush=True)  # (action sampling: a frame per command)
+    frames = [f for f, _ in w.frames]
+    assert [f["action"].tolist() for f in frames] == [[0.0], [1.0], [2.0], [3.0]]
+    assert [f["intervention"].tolist() for f in frames] == [[False], [True], [True], [False]]
+    assert frames[0]["intervention"].dtype == bool and s.stats()["intervention_frames"] == 2
+    feats = build_features(["x"], ["a"], intervention=True)
+    assert feats["intervention"] == {"dtype": "bool", "shape": (1,), "names": None}
+    assert "intervention" not in to_frame(np.zeros(1), np.zeros(1))
+    assert "intervention" not in build_features(["x"], ["a"])

@@ -3,7 +3,9 @@
 One scenario (module-scoped graph, tests in order): transitions are joined and counted against what
 the simulator did (its own log), the learner updates, an exported model is validated and swapped
 into the running policy node, the control rate holds; then the learner is killed (policy keeps
-running with its model) and restarted (resumes from its checkpoint).
+running with its model) and restarted (resumes from its checkpoint); the operator's words discard an
+episode and pause / resume learning; then a person takes the robot over for a while (this process, as
+teleop) and the learner's replay holds the human's steps as flagged transitions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
@@ -136,7 +139,8 @@ def world(tmp_path_factory):
             assert graph.spin_until(lambda: graph.node.count_publishers("/episode") >= 1, 30)
             time.sleep(0.5)
             procs["policy"] = start_node("dfp_ros.nodes.policy_node", {
-                "model_path": str(onnx_path), "enabled": True, "trigger": "observation", "seed": 1}, env, log_dir=tmp)
+                "model_path": str(onnx_path), "enabled": True, "trigger": "observation", "seed": 1,
+                "teleop_timeout_s": 2.0}, env, log_dir=tmp)  # (the takeover test's teleop: a busy test process)
             yield {"graph": graph, "diag": diag, "events": events, "procs": procs, "out": out, "env": env,
                    "ckpt": ckpt, "tmp": tmp, "initial_sha": hashlib.sha256(onnx_path.read_bytes()).hexdigest()}
         finally:
@@ -231,6 +235,71 @@ def test_a_restarted_learner_resumes_from_its_checkpoint(world):
     assert resumed >= step
     world["graph"].spin_for(3.0)
     assert int(_diag(world["diag"], "finetune_node").get("updates", "0")) >= resumed
+
+
+def test_the_operators_words_discard_an_episode_and_pause_learning(world):
+    graph, procs, diag = world["graph"], world["procs"], world["diag"]
+    operator = graph.publisher("/episode", String)
+    assert graph.wait_matched(operator, n=2)  # the learner and the policy node
+
+    def learner() -> dict[str, str]:
+        return _diag(diag, "finetune_node")
+
+    operator.publish(String(data="discard"))
+    assert graph.spin_until(lambda: int(learner().get("episodes_discarded", "0")) >= 1, 15), learner()
+    assert procs["finetune"].wait_for_log("discarded by the operator", 5), procs["finetune"].log()[-2000:]
+    operator.publish(String(data="pause"))
+    paused = "the operator paused learning"
+    # The learner's own status says once it has applied the pause (a burst of updates may end first).
+    assert graph.spin_until(lambda: learner().get("paused") == paused == learner().get("learner_paused"), 10), \
+        learner()
+    updates = int(learner()["updates"])
+    graph.spin_for(2.0)  # the robot runs on, the learner does not update
+    assert int(learner()["updates"]) == updates and learner()["learner_learning"] == "false", learner()
+    episodes = int(learner()["episodes"])
+    operator.publish(String(data="resume"))
+    assert graph.spin_until(lambda: learner().get("paused") == "no" and int(learner()["episodes"]) > episodes
+                            and int(learner()["updates"]) > updates, 20), learner()
+
+
+def test_a_takeover_becomes_flagged_transitions_of_the_humans_commands_in_the_replay(world):
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    graph, procs, diag = world["graph"], world["procs"], world["diag"]
+    engaged = graph.publisher("/teleop/engaged", Bool)
+    teleop = graph.publisher("/teleop/command", Float64MultiArray)
+    assert graph.wait_matched(engaged) and graph.wait_matched(teleop)
+    human = [0.3, -0.2, 0.1, 0.0, 0.5]  # not an action the policy's model would produce exactly
+    teleop.publish(Float64MultiArray(data=human))  # the device's command is there before its dead-man
+    graph.spin_for(0.1)
+    seen = diag.count
+    engaged.publish(Bool(data=True))
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        teleop.publish(Float64MultiArray(data=human))
+        graph.spin_for(0.02)
+    engaged.publish(Bool(data=False))
+
+    def learner_values() -> list[dict[str, str]]:
+        return [{kv.key: kv.value for kv in st.values} for msg in diag.messages[seen:] for st in msg.status
+                if st.hardware_id.endswith("finetune_node")]
+
+    assert graph.spin_until(lambda: any(float(v.get("intervention_rate", "0")) > 0 for v in learner_values())
+                            and int(learner_values()[-1].get("replay_interventions", "0")) > 0, 30), \
+        (learner_values()[-1:], procs["finetune"].log()[-3000:])
+    last = learner_values()[-1]
+    assert int(last["human_steps"]) > 0 and int(last["intervened_joined"]) > 0, last
+    rows = [r for r in _curve(world["out"]) if float(r["intervention_rate"] or 0) > 0]
+    assert rows and all(int(r["human_steps"]) > 0 for r in rows), rows
+    assert stop(procs["finetune"], timeout=30) == 0  # the learner saves its replay
+    with np.load(world["out"] / "learner" / "replay_online.npz") as d:
+        chunk, flag = d["chunk"], d["intervention"]
+    is_human = np.isclose(chunk, np.asarray(human, np.float32), atol=1e-6).all(-1)  # [N, H]: a human step
+    assert flag.sum() >= 3, flag.sum()
+    assert is_human[flag].any(1).all(), chunk[flag][~is_human[flag].any(1)]  # every intervention holds human
+    # steps (a cut chunk: policy ones too)
+    assert is_human[flag].all(1).any()  # windows of the human's stretch: nothing but the human's commands
+    assert not is_human[~flag].any()  # a human step is never learned as the policy's
 
 
 def test_a_silent_reward_topic_pauses_learning_with_a_log_line(tmp_path):

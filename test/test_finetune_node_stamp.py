@@ -6,6 +6,9 @@ finetune_node (`join: stamp`) assembles the same observations from the same topi
 chunk to its observation by that stamp. The robot is this test process: a lock-step robot that
 publishes a camera frame and a JointState sharing one wall-clock stamp per step, a reward per step
 and episode events — so every joined transition can be checked against what the robot really did.
+In one episode this process is also the person beside the robot: it takes the robot over (the policy
+node's `~/intervene`, answered once applied, so the takeover lands on a known step) and drives it with
+`teleop/command` for a few steps, then hands it back.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rclpy.time import Time
 from ros_graph import RosGraph, domain_id, ros_env, start_node, stop
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Float64MultiArray, String
+from std_srvs.srv import SetBool
 from test_finetune_node import FPS, finetune_params, make_robot_checkpoint
 
 H = 4
@@ -33,6 +37,8 @@ STATE_NAMES = ["elbow.pos", "wrist.pos", "wrist.vel"]
 ACTIONS = ["a0", "a1"]
 FRAME = 24  # published size; the model's camera is 16 px (both nodes resize)
 MISMATCHED = (2, 4)  # (episode, step) whose camera frame is stamped 1 ms after its joint state
+TAKEOVER, HUMAN_STEPS = 3, range(2, 7)  # the episode whose steps 2-6 the human commands (hand-back at 7)
+HUMAN = [0.25, -0.5]  # the human's command (the model's actions never equal it exactly)
 
 
 def _joints(k: int) -> JointState:
@@ -55,6 +61,8 @@ class LockstepRobot:
         self.camera = graph.publisher("/camera/front/image_raw", Image)
         self.reward = graph.publisher("/reward", Float32)
         self.episode = graph.publisher("/episode", String)
+        self.intervene = graph.node.create_client(SetBool, "/policy_node/intervene")
+        self.teleop = graph.publisher("/teleop/command", Float64MultiArray)
         self.pending = 0
         self.k = 0
         self.episodes = 0
@@ -63,7 +71,20 @@ class LockstepRobot:
     def _on_command(self, msg: Float64MultiArray) -> None:
         self.pending += 1
 
+    def take_over(self) -> None:
+        """Before observation k of the takeover episode: the device's command before each human step, the
+        takeover before the first of them, the release before the first step after them."""
+        if self.episodes != TAKEOVER or self.k not in (*HUMAN_STEPS, HUMAN_STEPS[-1] + 1):
+            return
+        if self.k in HUMAN_STEPS:
+            self.teleop.publish(Float64MultiArray(data=HUMAN))
+            time.sleep(0.005)  # (best effort, another writer than the service's: let it arrive first)
+        if self.k in (HUMAN_STEPS[0], HUMAN_STEPS[-1] + 1):
+            future = self.intervene.call_async(SetBool.Request(data=self.k == HUMAN_STEPS[0]))
+            assert self.graph.spin_until(future.done, 10.0) and future.result().success, future.result()
+
     def observe(self) -> None:
+        self.take_over()
         now = self.graph.node.get_clock().now()  # wall clock: the rewards' source timestamps agree
         img, js = _image(self.k), _joints(self.k)
         img.header.stamp = js.header.stamp = now.to_msg()
@@ -126,6 +147,7 @@ def test_stamp_join_of_jointstate_and_camera_feeds_the_learner_exact_transitions
             # Both nodes read the robot; the learner reads the policy's chunks, rewards and events.
             assert graph.wait_matched(robot.joints, n=2, timeout=60) and graph.wait_matched(robot.camera, n=2)
             assert graph.wait_matched(robot.reward) and graph.wait_matched(robot.episode, n=2)
+            assert robot.intervene.wait_for_service(timeout_sec=30) and graph.wait_matched(robot.teleop)
             assert graph.spin_until(lambda: graph.node.count_subscribers("/policy_node/action_chunk") >= 1
                                     and graph.node.count_publishers("/policy_node/action_chunk") >= 1, 30)
             graph.spin_for(1.0)  # the learner's reader of the chunks discovers the policy's writer too
@@ -152,16 +174,23 @@ def test_stamp_join_of_jointstate_and_camera_feeds_the_learner_exact_transitions
     # 3 chunks per 10-step episode, the last one terminal inside its chunk; nothing dropped — except
     # where the frame's stamp was not its step's: that step has no observation (9 steps counted), its
     # chunk is dropped and so is the chunk before it (no next observation), rather than either being
-    # joined with another step's frame.
+    # joined with another step's frame. The takeover (human steps 2-6): the chunk at 0 cut at step 2 and
+    # the human's windows from step 2 (2-5, and 6-9 which runs on into the policy's steps after the
+    # hand-back) are joined from the commands executed; the chunks the policy planned meanwhile (2, 6) never
+    # ran; the hand-back's chunk (7) is the policy's again.
     rows = _episode_lines(log)
     assert len(rows) >= 5, log[-3000:]
     for i, (steps, chunks, joined, dropped) in enumerate(rows[1:], start=1):
         if i == MISMATCHED[0]:
             assert (steps, chunks, joined, dropped) == (
                 STEPS - 1, 3, 1, "{'chunk_without_observation': 1, 'partial_chunk': 1}"), rows
+        elif i == TAKEOVER:
+            assert (steps, chunks, joined, dropped) == (STEPS, 4, 4, "{'chunk_not_executed': 2}"), rows
         else:
             assert (steps, chunks, joined, dropped) == (STEPS, 3, 3, ""), rows
     assert int(fin["unpaired_stamps"]) >= 1, fin
+    assert "intervention rate 0.50 (5 human steps)" in log, log[-3000:]
+    assert (fin["human_steps"], fin["intervened_joined"]) == ("5", "3"), fin
 
     # The replay the learner saved at its stop, first episode included: each transition's state is the
     # robot's JointState mapped by name, its image is that same step's frame (never a neighbour's, even
@@ -169,11 +198,18 @@ def test_stamp_join_of_jointstate_and_camera_feeds_the_learner_exact_transitions
     with np.load(out / "learner" / "replay_online.npz") as d:
         state, nxt, mask = d["state"], d["next_state"], d["mask"]
         img, next_img = d["image.front"], d["next_image.front"]
+        chunk, flag = d["chunk"], d["intervention"]
     assert len(state) >= 3 * (len(rows) - 2) and img.shape[1:] == (16, 16, 3) and img.dtype == np.uint8
     k = np.round(state[:, 0] / 0.01).astype(int)
     np.testing.assert_allclose(state, np.stack([0.01 * k, -0.02 * k, np.full_like(k, 0.5, dtype=float)], 1),
                                atol=1e-5)
-    assert set(k.tolist()) == {0, 4, 8}
+    assert set(k[~flag].tolist()) == {0, 4, 8, 7}  # 7: the chunk planned at the hand-back
+    # The interventions: each step's row is the human's command exactly where the human commanded it.
+    assert sorted(k[flag].tolist()) == [0, 2, 6]
+    for i in np.flatnonzero(flag):
+        human_rows = np.isclose(chunk[i], np.asarray(HUMAN, np.float32), atol=1e-6).all(1)
+        assert human_rows.tolist() == [k[i] + j in HUMAN_STEPS for j in range(H)], (k[i], chunk[i])
+    assert not np.isclose(chunk[~flag], np.asarray(HUMAN, np.float32), atol=1e-6).all(-1).any()
     np.testing.assert_array_equal(img[:, 8, 8, 0], (10 * k + 5) % 256)
     k_next = np.round(nxt[:, 0] / 0.01).astype(int)
     np.testing.assert_array_equal(k_next, np.where(mask == 1.0, k + H, STEPS - 1))

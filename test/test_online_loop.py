@@ -183,3 +183,59 @@ def test_a_seeding_dataset_is_decoded_at_the_models_one_camera_size_or_refused()
     assert learner_loop.seed_image_size([front, CameraSpec("top", "k2", 64, 48)]) == (64, 48)
     with pytest.raises(ValueError, match=r"different sizes \[\(32, 32\), \(64, 48\)\]"):
         learner_loop.seed_image_size([front, wrist])
+
+
+def test_interventions_go_to_the_replay_flagged_and_the_bc_term_samples_them(tmp_path, monkeypatch):
+    """A joined episode with a takeover: its intervened transitions are stored flagged, the curve gets the
+    episode's intervention rate, and with a demonstration share and no dataset the BC term of the update
+    drifts towards them."""
+    import torch
+    from test_finetune_node import make_sim_checkpoint
+
+    from dfp_ros.learning import online
+
+    ckpt, _ = make_sim_checkpoint(tmp_path, hidden=(32,))
+    cfg = _cfg(ckpt, tmp_path / "out")
+    cfg.online_fraction = 0.5  # half of each batch is demonstrations: here only the interventions
+    loop = learner_loop._Loop(cfg, queue.Queue(), queue.Queue(), parent_pid=-1)
+    ep = _episode(12)
+    ep.update(intervention=np.arange(12) >= 9, human_steps=15, intervention_rate=0.25)
+    loop._episode(ep)
+    assert loop.replay.intervention[:12].tolist() == [False] * 9 + [True] * 3
+    row = (tmp_path / "out" / "learning_curve.csv").read_text().splitlines()
+    header, last = row[0].split(","), row[-1].split(",")
+    assert [last[header.index(k)] for k in ("human_steps", "intervention_rate", "intervened")] == ["15", "0.25", "3"]
+
+    bc_positives = []
+    real = online.drift_loss
+
+    def spy(gen, pos, neg=None, **kw):
+        if pos.shape[1] == 1:  # the BC term: one positive per state, the batch's chunk
+            bc_positives.append(pos.detach()[:, 0])
+        return real(gen, pos, neg, **kw)
+
+    monkeypatch.setattr(online, "drift_loss", spy)
+    loop._update()
+    assert loop.batch_interventions >= 0.5
+    (positives,) = bc_positives
+    intervened = loop.learner.model.normalize_actions(torch.from_numpy(ep["chunk"][9:]).flatten(1))
+    matches = torch.cdist(positives, intervened).min(1).values < 1e-5
+    assert matches.sum() >= cfg.online["batch_size"] // 2, matches
+
+
+def test_the_curve_plots_the_intervention_rate_and_a_csv_from_before_its_columns_is_rewritten(tmp_path):
+    import csv
+
+    from dfp_ros.learning.learning_curve import COLUMNS, LearningCurve
+
+    old = tmp_path / "learning_curve.csv"
+    old.write_text("time_s,robot,episode,env_steps,success\n1.0,,1,100,0\n")  # a run before the new columns
+    curve = LearningCurve(tmp_path, window=2)
+    for i, rate in enumerate([0.5, 0.25, 0.0]):
+        curve.add({"env_steps": 200 + 100 * i, "success": int(rate == 0), "intervention_rate": rate})
+    with old.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(COLUMNS) and [r["env_steps"] for r in rows] == ["100", "200", "300", "400"]
+    assert [r["intervention_rate"] for r in rows] == ["", "0.5", "0.25", "0.0"]
+    curve.plot()
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0

@@ -175,3 +175,54 @@ def test_cameras_of_buffer_and_dataset_must_agree(image_root, image_offline, off
                                                    image_size=(8, 8), progress=False), cameras=_cams())
     with pytest.raises(ValueError, match=r"cameras \[\] .* differ from the model's \[\('front', 16, 16\)\]"):
         ReplayBuffer(2, H, 2, offline=offline, cameras=_cams())
+
+
+# --- interventions: online transitions that are demonstrations too -----------------------------------------
+def _intervened(v: float) -> Transition:
+    t = _t(v)
+    t.intervention = True
+    return t
+
+
+def test_interventions_are_the_demonstrations_when_there_is_no_dataset_and_keep_their_flag(tmp_path):
+    buf = ReplayBuffer(2, H, 2, capacity=100, online_fraction=0.5)
+    for v in range(40):
+        buf.add(_t(float(v)))
+    for v in (100.0, 101.0):
+        buf.add(_intervened(v))
+    assert buf.demo_size == 2 and buf.intervention[:buf.size].sum() == 2
+    batch, flags = buf.sample_flagged(64, np.random.default_rng(0))
+    values = batch.state[:, 0].numpy()
+    # Half the batch is demonstrations, and they are the only ones: the interventions, flagged as such.
+    assert flags.sum() >= 32 and set(values[32:].tolist()) == {100.0, 101.0}
+    np.testing.assert_array_equal(flags, values >= 100.0)
+    np.testing.assert_array_equal(batch.chunk[flags][:, 0, 0].numpy(), values[flags])  # the executed actions
+    # The flag is kept with the transition across a learner restart.
+    buf.save(tmp_path / "replay.npz")
+    other = ReplayBuffer(2, H, 2, capacity=100, online_fraction=0.5)
+    other.load(tmp_path / "replay.npz")
+    np.testing.assert_array_equal(other.intervention, buf.intervention)
+    assert other.demo_size == 2
+
+
+def test_interventions_join_the_datasets_demonstrations_and_the_stream_is_unchanged_without_them(offline):
+    plain, mixed = ReplayBuffer(2, H, 2, offline=offline), ReplayBuffer(2, H, 2, offline=offline)
+    for buf in (plain, mixed):
+        for _ in range(len(offline)):
+            buf.add(_t(-5.0))
+    # No intervention yet: the same draws as a buffer that never had any (same seed, same batch).
+    a, b = plain.sample(64, np.random.default_rng(3)), mixed.sample(64, np.random.default_rng(3))
+    np.testing.assert_array_equal(a.state.numpy(), b.state.numpy())
+    for _ in range(len(offline)):  # as many interventions as the dataset has chunks
+        mixed.add(_intervened(7.0))
+    rng = np.random.default_rng(0)
+    shares = [mixed.sample_flagged(100, rng)[1].mean() for _ in range(30)]
+    # Uniform over online (2n, interventions included) + demonstrations (n dataset + n interventions):
+    # interventions are half of either side, so half the batch, though a third of the distinct transitions.
+    assert 0.44 < np.mean(shares) < 0.56, np.mean(shares)
+    # Wrapped over by the ring, an intervention is no demonstration any more.
+    small = ReplayBuffer(2, H, 2, capacity=2)
+    small.add(_intervened(1.0))
+    small.add(_t(2.0))
+    small.add(_t(3.0))
+    assert small.demo_size == 0 and not small.sample_flagged(8, rng)[1].any()

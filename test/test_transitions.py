@@ -344,3 +344,179 @@ def test_a_chunk_sent_after_the_end_event_is_not_part_of_that_episode():
         assert [t.chunk[0, 0] for t in rec.transitions] == [0.0, 1.0]
         last = rec.transitions[-1]
         assert last.mask == 0.0 and last.rewards.sum() == 1.0, (step_ns, last.rewards)
+
+
+# --- what was executed: human takeovers (the policy node's ~/executed) ------------------------------------
+WHO = {"p": "policy", "h": "human", "d": "hold"}
+
+
+def _labelled_episode(j: TransitionJoiner, labels: str, chunk_steps: tuple[int, ...], end: str = "success",
+                      causal: bool = False, t0: int = 0) -> list:
+    """A lock-step episode whose step i was commanded by labels[i] (p policy, h human, d hold, - no
+    executed message): observation i, the chunk planned on it, then the command published. The command
+    encodes its step: i for the policy's, 100 + i for the human's."""
+    j.add_event("start", t0)
+    for i, who in enumerate(labels):
+        t = t0 + i * DT
+        j.add_observation(t, np.full(2, i, np.float32))
+        if i in chunk_steps:
+            j.add_chunk(t + DT // 4 if causal else t, np.full((H, 1), i, np.float32), causal=causal)
+        if who != "-":
+            j.add_executed(t + DT // 2 if causal else t, np.array([100 + i if who == "h" else i], np.float32),
+                           WHO[who], causal=causal)
+        j.add_reward(t + DT, -1.0 if i < len(labels) - 1 or end != "success" else 0.0)
+    j.add_event(end, t0 + len(labels) * DT)
+    return j.flush()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["stamp", "causal"])
+def test_a_takeover_cuts_a_chunk_and_the_human_stretch_becomes_flagged_windows_of_executed_commands(causal):
+    j = TransitionJoiner(H)
+    # The human takes over at step 4 (cutting the chunk planned at 3) and hands back at step 10; the
+    # policy plans on meanwhile (chunks at 4 and 7, never executed) and again at the hand-back.
+    (rec,) = _labelled_episode(j, "pppphhhhhhpp", chunk_steps=(0, 3, 4, 7, 10), causal=causal)
+    got = {int(t.state[0]): t for t in rec.transitions}
+    assert sorted(got) == [0, 3, 4, 7, 10]
+    assert [got[i].intervention for i in sorted(got)] == [False, True, True, True, False]
+    np.testing.assert_array_equal(got[0].chunk[:, 0], [0, 0, 0])  # the policy's chunk, joined as before
+    np.testing.assert_array_equal(got[3].chunk[:, 0], [3, 104, 105])  # cut: the commands really executed
+    np.testing.assert_array_equal(got[4].chunk[:, 0], [104, 105, 106])
+    np.testing.assert_array_equal(got[7].chunk[:, 0], [107, 108, 109])
+    assert [got[i].next_state[0] for i in (3, 4, 7)] == [6, 7, 10] and got[7].mask == 1.0
+    np.testing.assert_array_equal(got[7].rewards, [-1, -1, -1])
+    assert got[10].mask == 0.0 and got[10].chunk[0, 0] == 10  # the hand-back's chunk, terminal inside
+    assert rec.dropped == {"chunk_not_executed": 2}
+    assert rec.chunks == 5 and rec.human_windows == 2
+    assert len(rec.transitions) + sum(rec.dropped.values()) == rec.chunks + rec.human_windows
+    assert rec.human_steps == 6 and rec.intervention_rate == pytest.approx(0.5) and rec.labelled_steps == 12
+
+
+def test_a_hold_ends_a_window_a_missing_label_drops_it_and_a_terminal_window_repeats_its_last_command():
+    j = TransitionJoiner(H)
+    # Steps 3-4 human, 5 a hold (the device late), 6-8 human, the policy back from 9.
+    (rec,) = _labelled_episode(j, "ppphhdhhhppp", chunk_steps=(0, 3, 6, 9))
+    assert [(int(t.state[0]), t.intervention) for t in rec.transitions] == [(0, False), (6, True), (9, False)]
+    assert rec.dropped == {"chunk_not_executed": 2, "hold_step": 1}
+    # A human window with a step no executed message labels is dropped, never guessed.
+    (rec,) = _labelled_episode(j, "ppphh-hhh", chunk_steps=(0, 3, 6), t0=10**12)
+    assert rec.dropped == {"chunk_not_executed": 2, "executed_missing": 1}
+    assert [int(t.state[0]) for t in rec.transitions] == [0, 6]
+    # The episode terminates inside a human window: mask 0, the last command repeated past the end.
+    (rec,) = _labelled_episode(j, "ppphhhhh", chunk_steps=(0, 3, 6), t0=2 * 10**12)
+    last = rec.transitions[-1]
+    assert last.intervention and last.mask == 0.0 and last.state[0] == 6 and last.next_state[0] == 7
+    np.testing.assert_array_equal(last.chunk[:, 0], [106, 107, 107])
+    np.testing.assert_array_equal(last.rewards, [-1, 0, 0])
+    # ... and a time-out there truncates it, as it does a policy chunk.
+    (rec,) = _labelled_episode(j, "ppphhhhh", chunk_steps=(0, 3, 6), end="timeout", t0=3 * 10**12)
+    assert rec.dropped == {"chunk_not_executed": 2, "truncated": 1} and len(rec.transitions) == 2
+
+
+def test_policy_only_labels_join_exactly_what_the_unlabelled_join_does():
+    plain = _run_episode(TransitionJoiner(H), steps=10, end="success")[0]
+    (labelled,) = _labelled_episode(TransitionJoiner(H), "p" * 10, chunk_steps=(0, 3, 6, 9))
+    assert len(plain.transitions) == len(labelled.transitions) == 4 and labelled.dropped == plain.dropped == {}
+    for a, b in zip(plain.transitions, labelled.transitions, strict=True):
+        for name in ("state", "chunk", "rewards", "next_state"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.mask == b.mask and not b.intervention
+    assert labelled.human_steps == 0 and labelled.labelled_steps == 10 and plain.labelled_steps == 0
+
+
+def test_discard_throws_the_episode_away_and_counts_it():
+    j = TransitionJoiner(H)
+    j.add_event("start", 0)
+    for i in range(5):
+        j.add_observation(i * DT, np.full(2, i, np.float32))
+        if i % H == 0:
+            j.add_chunk(i * DT, np.zeros((H, 1), np.float32))
+        j.add_reward((i + 1) * DT, -1.0)
+    j.add_event("discard", 5 * DT)
+    j.add_chunk(6 * DT, np.zeros((H, 1), np.float32))  # the robot went on until the simulator's own end
+    j.add_event("timeout", 7 * DT)
+    (rec,) = j.flush()
+    assert rec.discarded and rec.transitions == [] and rec.dropped == {"discarded": 2} and rec.steps == 5
+    assert j.dropped == {"discarded": 3} and j.discarded == 1 and j.episodes == 0
+    # Pressed just after an episode ended, before it was joined: that episode is discarded.
+    recs = _run_episode(j, 7, "success", t0=10 * DT)
+    assert len(recs) == 1 and not recs[0].discarded  # (flushed at once: nothing pending any more)
+    j.add_event("start", 20 * DT)
+    j.add_observation(20 * DT, np.zeros(2, np.float32))
+    j.add_chunk(20 * DT, np.zeros((H, 1), np.float32))
+    j.add_event("success", 21 * DT, now=1.0)
+    j.add_event("discard", 21 * DT + 5, now=1.1)
+    (rec,) = j.poll(2.0)
+    assert rec.discarded and rec.event == "success" and rec.dropped == {"discarded": 1}
+    j.add_event("discard", 30 * DT)  # nothing to discard
+    assert j.dropped["discard_without_episode"] == 1
+
+
+def test_a_causal_feed_places_executed_commands_packs_the_flag_and_counts_bad_ones():
+    from dfp_ros.contracts import ModelMetadata, StateSpec
+    from dfp_ros.learning.robot_feed import LearningPause, RobotFeed, episode_line
+    from dfp_ros.nodes.learner_process import episode_message
+    from dfp_ros.runtime.observation import StateSource
+
+    meta = ModelMetadata(state=[StateSpec("observation.state", 2)], cameras=[], action_key="action",
+                         action_names=["a0"], horizon=H, action_dim=1, fps=20.0, num_samples=1, has_critic=True,
+                         action_low=[-1.0], action_high=[1.0])
+    warnings: list[str] = []
+    feed = RobotFeed("", meta, [StateSource("sim/state", "float32_array", "observation.state")], grace_s=0.0,
+                     warn=lambda text, s: warnings.append(text))
+    # Lock-step, by publish times: observation, chunk (when planned), command; human from step 3 on.
+    feed.event("start", 0, 0.0)
+    for i, who in enumerate("ppphhh"):
+        t = (i + 1) * DT
+        values = np.full(2, i, np.float32)
+        feed.observe("sim/state", lambda asm, now, t=t, v=values: asm.put_array(0, v, t, now), 0.0)
+        if i in (0, 3):
+            feed.chunk(np.full((H, 1), i, np.float32), 0, t + 10, 0.0)
+        feed.executed(np.array([100.0 + i]), WHO[who], 0, t + 20, 0.0)
+        feed.reward(-1.0, t + 30, 0.0)
+    feed.executed(np.array([1.0]), "teleop", 0, 7 * DT, 0.0)  # not a source the policy node writes
+    feed.executed(np.array([1.0, 2.0]), "human", 0, 7 * DT, 0.0)
+    feed.event("success", 7 * DT, 0.0)
+    (rec,) = feed.poll(1.0, "policy_node/executed")
+    assert dict(feed.dropped_messages) == {"unknown_source": 1, "wrong_size": 1}
+    assert [(int(t.state[0]), t.intervention) for t in rec.transitions] == [(0, False), (3, True)]
+    assert rec.human_steps == 3 and rec.dropped == {"chunk_not_executed": 1}
+    assert len(warnings) == 2 and "executed dropped (unknown_source)" in warnings[0]
+    ep = episode_message(rec, meta)
+    assert ep["intervention"].tolist() == [False, True] and ep["human_steps"] == 3
+    assert ep["intervention_rate"] == pytest.approx(0.5)
+    assert episode_line(rec, 1).endswith("intervention rate 0.50 (3 human steps)")
+    # An episode with chunks but no executed message at all while the topic is read: said once.
+    feed.event("start", 8 * DT, 0.0)
+    feed.observe("sim/state", lambda asm, now: asm.put_array(0, np.zeros(2, np.float32), 9 * DT, now), 0.0)
+    feed.chunk(np.zeros((H, 1), np.float32), 0, 9 * DT + 10, 0.0)
+    feed.event("success", 10 * DT, 0.0)
+    assert len(feed.poll(2.0, "policy_node/executed")) == 1 and "takeovers cannot be told" in warnings[-1]
+
+    # Learning pauses for silence or the operator; one message when it stops or starts again.
+    pause = LearningPause()
+    assert pause.set(operator=True) == "the operator paused learning"
+    assert pause.set(silence="reward silent for 6 s") is None  # already paused
+    assert pause.set(operator=False) is None and pause.reason == "reward silent for 6 s"
+    assert pause.set(silence="") == ""
+
+
+def test_steps_by_time_keep_the_humans_ticks_out_of_the_policys_chunks():
+    j = TransitionJoiner(H, step_ns=STEP)
+    j.add_event("start", 0)
+    obs = [MS + 10 * MS * k for k in range(60)]  # joint states at 100 Hz
+    for s in obs:
+        j.add_observation(s, np.array([s / MS], np.float32))
+
+    def newest(tick: int) -> int:  # the joint state a tick at tick * STEP + 2 ms acts on
+        return max(s for s in obs if s <= tick * STEP + 2 * MS)
+
+    for tick in (0, 3, 4, 7, 10):  # 3 is cut by the takeover at 4; 4 is planned while the human holds it
+        j.add_chunk(newest(tick), np.full((H, 1), tick, np.float32))
+    for tick in range(12):
+        j.add_executed(newest(tick), np.zeros(1), "human" if 4 <= tick <= 6 else "policy")
+        j.add_reward((tick + 1) * STEP - 2 * MS, -1.0)
+    j.add_event("success", 12 * STEP - MS)
+    (rec,) = j.flush()
+    assert rec.dropped == {"cut_by_takeover": 1, "chunk_not_executed": 1}
+    assert [t.chunk[0, 0] for t in rec.transitions] == [0, 7, 10] and not any(t.intervention for t in rec.transitions)
+    assert rec.human_steps == 3

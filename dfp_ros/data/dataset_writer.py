@@ -21,6 +21,7 @@ from dfp_ros.scheduling import no_realtime_leak
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
+INTERVENTION_KEY = "intervention"  # bool per frame: a human, not the policy, produced the action
 
 
 class FeatureMismatch(ValueError):
@@ -28,8 +29,10 @@ class FeatureMismatch(ValueError):
 
 
 def build_features(state_names: Sequence[str], action_names: Sequence[str],
-                   cameras: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, Any]]:
-    """LeRobot feature spec: observation.state, action, and one video per camera (shapes as tuples)."""
+                   cameras: dict[str, tuple[int, int]] | None = None,
+                   intervention: bool = False) -> dict[str, dict[str, Any]]:
+    """LeRobot feature spec: observation.state, action, one video per camera (shapes as tuples), and with
+    `intervention` a bool column saying which frames' actions a human produced (a human-in-the-loop session)."""
     if not state_names or not action_names:
         raise ValueError("a dataset needs at least one state and one action name")
     for what, names in (("state", state_names), ("action", action_names)):
@@ -42,6 +45,8 @@ def build_features(state_names: Sequence[str], action_names: Sequence[str],
     for name, (h, w) in (cameras or {}).items():
         features[IMAGE_PREFIX + name] = {"dtype": "video", "shape": (int(h), int(w), 3),
                                          "names": ["height", "width", "channels"]}
+    if intervention:
+        features[INTERVENTION_KEY] = {"dtype": "bool", "shape": (1,), "names": None}
     return features
 
 
@@ -221,10 +226,13 @@ class DatasetWriter:
 
 
 
-def to_frame(state: np.ndarray, action: np.ndarray, images: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """A LeRobot frame from arrays (float32 state/action, uint8 HxWx3 images)."""
+def to_frame(state: np.ndarray, action: np.ndarray, images: dict[str, np.ndarray] | None = None,
+             intervention: bool | None = None) -> dict[str, Any]:
+    """A LeRobot frame from arrays (float32 state/action, uint8 HxWx3 images, the intervention flag if recorded)."""
     frame: dict[str, Any] = {STATE_KEY: np.asarray(state, dtype=np.float32),
                              ACTION_KEY: np.asarray(action, dtype=np.float32)}
     for name, img in (images or {}).items():
         frame[IMAGE_PREFIX + name] = img
+    if intervention is not None:
+        frame[INTERVENTION_KEY] = np.array([intervention], bool)
     return frame

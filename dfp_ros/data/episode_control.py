@@ -3,6 +3,8 @@ the dataset writer operations they imply out."""
 
 from __future__ import annotations
 
+from dfp_ros.contracts import EPISODE_DISCARD
+
 IDLE, RECORDING, STOPPED = "idle", "recording", "stopped"
 
 
@@ -44,7 +46,13 @@ class EpisodeControl:
         raise ValueError(f"unknown episode request {what!r}")
 
     def on_event(self, event: str, auto: bool) -> tuple[list[str], str]:
-        """An `/episode` event from the robot or simulator (only acted on when `auto`)."""
+        """An `/episode` event from the robot or simulator (only acted on when `auto`), or the operator's
+        `discard` (a button: always acted on, like the re-record key: the episode is thrown away and
+        recorded again; a `start` that follows restarts that recording)."""
+        if event == EPISODE_DISCARD:
+            if self.state != RECORDING:
+                return [], "no episode is being recorded (nothing to discard)"
+            return self.request("rerecord")
         if not auto:
             return [], "automatic episodes are off"
         if event == "start":

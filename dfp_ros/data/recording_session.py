@@ -5,7 +5,9 @@
 by timers (`tick`: timer sampling; `pump`: commands, events and keys in source-time order). The
 session decides frames (stream_sampling), episodes (episode_control) and the writer's operations, and
 keeps the counts of the node's progress line and summary. `log` is any logger with info / warning /
-debug (the node's rclpy logger).
+debug (the node's rclpy logger). With `intervention` each command comes with whether a human
+produced it, and the flag travels with the command into its frame (one message: never another
+tick's flag).
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ class RecordingSession:
     def __init__(self, writer: Writer, *, state_topics: list[str], cameras: list[str], fps: int, sample_on: str,
                  max_age_s: float, settle_s: float, auto_episodes: bool, max_episodes: int,
                  start_on_first_command: bool, first_episode: int, task: str, log: Any,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, intervention: bool = False) -> None:
         self.writer = writer
         self.state_streams = [state_stream(t) for t in state_topics]
         self.cameras = list(cameras)
         self.fps, self.sample_on, self.auto = fps, sample_on, auto_episodes
+        self.intervention = intervention  # commands carry the flag (the `intervention` column)
+        self.interventions = 0  # frames written with the flag set
         self.max_episodes, self.start_on_first_command = max_episodes, start_on_first_command
         self.task = task  # the task of the episodes that start from now on
         self.log, self.clock = log, clock
@@ -87,11 +91,13 @@ class RecordingSession:
     def add(self, stream: str, t_ns: int, value: Any) -> None:
         self.sampler.add(stream, t_ns, value)
 
-    def on_command(self, t_ns: int, action: np.ndarray) -> None:
+    def on_command(self, t_ns: int, action: np.ndarray, intervention: bool = False) -> None:
+        """A command; `intervention` (recorded when the session records the column): a human produced it."""
+        command = (action, bool(intervention)) if self.intervention else action
         if self.sample_on == "timer":
-            self.sampler.add(ACTION_STREAM, t_ns, action)
+            self.sampler.add(ACTION_STREAM, t_ns, command)
         else:
-            self.triggers.push(t_ns, "action", action)
+            self.triggers.push(t_ns, "action", command)
 
     def on_event(self, t_ns: int, event: str) -> None:
         self.triggers.push(t_ns, "event", event)
@@ -165,7 +171,8 @@ class RecordingSession:
         v = res.values
         state = np.concatenate([v[s] for s in self.state_streams])
         images = {c: v[camera_stream(c)] for c in self.cameras}
-        if not self.writer.add_frame(to_frame(state, v[ACTION_STREAM], images), self._episode_task):
+        action, flag = v[ACTION_STREAM] if self.intervention else (v[ACTION_STREAM], None)
+        if not self.writer.add_frame(to_frame(state, action, images, flag), self._episode_task):
             # The writer process is gone or starved for seconds: this frame is lost, and counted.
             self.sampler.dropped += 1
             self.writer_refused += 1
@@ -173,6 +180,7 @@ class RecordingSession:
                                  f"{self.writer.stats.error or 'ring full'})")
             return
         self.episode_frames += 1
+        self.interventions += bool(flag)
 
     def _apply(self, ops: list[str], why: str) -> None:
         for op in ops:
@@ -234,6 +242,7 @@ class RecordingSession:
             "episodes_saved": w.episodes_saved, "episodes_discarded": w.episodes_discarded,
             "saved_lengths": w.saved_lengths, "frames_sampled": self.sampler.frames,
             "frames_added": w.frames_written, "frames_not_written": self.sampler.dropped,
+            "intervention_frames": self.interventions if self.intervention else None,
             "late_frames": self.late_ticks, "writer_refused": self.writer_refused,
             "missing": missing, "stale": stale,
             "received": self.sampler.received, "bad_messages": self.bad, "writer_backlog": self.writer.backlog,

@@ -6,7 +6,8 @@ training step holding the GIL. The node sends finished episodes (joined transiti
 pause/resume/stop commands through `inbox`; the loop sends back status, log lines and exported
 models through `outbox`.
 
-Per episode: transitions -> replay buffer, a learning-curve row. Learning: after `warmup_steps`
+Per episode: transitions -> replay buffer (interventions flagged: they are demonstrations too, see
+replay_buffer.py), a learning-curve row with the episode's intervention rate. Learning: after `warmup_steps`
 online environment steps, `updates_per_step` updates per environment step (the reference: 1).
 Every `export_every` updates (or `export_every_s` seconds): export policy + critic to ONNX
 (best-of-N), validate it (contract, parity, a finite in-range inference on replay states) and send
@@ -134,6 +135,7 @@ class _Loop:
         self.curve = LearningCurve(self.out)
         self.paused: str = ""
         self.last: dict[str, Any] = {}  # the last update's statistics: 0-d device tensors
+        self.batch_interventions = 0.0  # share of interventions in the last batch (BC and critic alike)
         self._last_floats: dict[str, float] | None = {}
         self.last_export_t = time.monotonic()
         self.last_status_t = 0.0
@@ -195,16 +197,20 @@ class _Loop:
 
         n = len(ep["mask"])
         images, next_images = ep.get("images", {}), ep.get("next_images", {})
+        intervention = ep.get("intervention", np.zeros(n, bool))
         for i in range(n):
             self.replay.add(Transition(ep["state"][i], ep["chunk"][i], ep["rewards"][i], ep["next_state"][i],
                                        float(ep["mask"][i]), images={k: v[i] for k, v in images.items()},
-                                       next_images={k: v[i] for k, v in next_images.items()}))
+                                       next_images={k: v[i] for k, v in next_images.items()},
+                                       intervention=bool(intervention[i])))
         self.env_steps += int(ep["steps"])
         self.episodes += 1
         self.curve.add({
             "time_s": round(time.time(), 3), "robot": ep["robot"], "env_steps": self.env_steps,
             "updates": self.learner.updates, "episode_return": ep["episode_return"], "success": int(ep["success"]),
             "steps": ep["steps"], "chunks": ep["chunks"], "joined": n, "dropped": sum(ep["dropped"].values()),
+            "human_steps": ep.get("human_steps", 0), "intervention_rate": round(ep.get("intervention_rate", 0.0), 4),
+            "intervened": int(np.sum(intervention)),
             "learning": int(self._should_update()),
             **{k: v for k, v in self.last_floats().items() if k in ("critic_loss", "q_mean", "topk_q", "nearest_pos")},
         })
@@ -213,7 +219,8 @@ class _Loop:
             self.last_plot_t = time.monotonic()
 
     def _update(self) -> None:
-        batch = self.replay.sample(self.learner.cfg.batch_size, self.learner.rng)
+        batch, interventions = self.replay.sample_flagged(self.learner.cfg.batch_size, self.learner.rng)
+        self.batch_interventions = float(interventions.mean())
         self.last = self.learner.update(batch)
         self._last_floats = None
         u = self.learner.updates
@@ -238,6 +245,7 @@ class _Loop:
         self.last_status_t = now
         _msg(self.outbox, "status", updates=self.learner.updates, env_steps=self.env_steps, episodes=self.episodes,
              replay_online=self.replay.size, replay_offline=self.replay.offline_size, exports=self.exports,
+             replay_interventions=len(self.replay.demos), batch_interventions=round(self.batch_interventions, 4),
              target_updates=int(self._target_updates()),
              learning=self._should_update(), paused=self.paused, **self.last_floats())
 

@@ -8,6 +8,15 @@ online samples per batch can be asked for instead (useful when the offline set i
 The online part is persisted (`save` / `load`, one .npz) for a learner restart; the offline part is
 re-read from the dataset.
 
+Demonstrations: the offline dataset's chunks, and the online transitions flagged `intervention`
+(built from a human's takeover, `transitions.py`), which stay in the online ring as well (HIL-SERL
+keeps interventions in both buffers). A batch's demonstration share is drawn uniformly over both, so
+the BC term of the online update (drift towards the batch's chunks) learns from the human's
+corrections exactly as it does from the dataset's; with `online_fraction=None` the split is uniform
+over online + demonstrations, so an intervention is drawn about twice as often as another transition.
+Without interventions every draw is what it was before they existed (same RNG stream). The
+demonstrations live in the ring: the ring overwriting an intervention forgets it as a demonstration too.
+
 Camera models (`cameras`): each online transition also holds one RGB uint8 image per camera at
 the model's input size, for its observation and for its next observation, in preallocated uint8
 rings (2 x capacity x h x w x 3 bytes per camera). The constructor refuses a capacity whose
@@ -36,8 +45,18 @@ if TYPE_CHECKING:
 DEFAULT_MAX_IMAGE_BYTES = 8 * 1024**3
 
 
-def _cat_images(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([a[k], b[k]]) for k in a}
+def _cat_batches(parts: list[ChunkBatch]) -> ChunkBatch:
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])
+
+    def cat_images(name: str) -> dict[str, torch.Tensor]:
+        return {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in getattr(parts[0], name)}
+
+    return ChunkBatch(state=cat("state"), images=cat_images("images"), chunk=cat("chunk"), rewards=cat("rewards"),
+                      next_state=cat("next_state"), next_images=cat_images("next_images"), mask=cat("mask"))
 
 
 class ReplayBuffer:
@@ -73,6 +92,8 @@ class ReplayBuffer:
         self.rewards = np.zeros((capacity, horizon), np.float32)
         self.next_state = np.zeros((capacity, state_dim), np.float32)
         self.mask = np.zeros(capacity, np.float32)
+        self.intervention = np.zeros(capacity, bool)
+        self._demos: np.ndarray | None = None  # slots of flagged transitions (rebuilt after a change)
         # np.zeros maps untouched pages lazily: memory grows as the ring fills, up to the checked bound.
         self.images = {c.name: np.zeros((capacity, c.height, c.width, 3), np.uint8) for c in self.cameras}
         self.next_images = {c.name: np.zeros((capacity, c.height, c.width, 3), np.uint8) for c in self.cameras}
@@ -86,6 +107,18 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self.size + self.offline_size
+
+    @property
+    def demos(self) -> np.ndarray:
+        """Ring slots holding interventions (online transitions that are demonstrations too)."""
+        if self._demos is None:
+            self._demos = np.flatnonzero(self.intervention[:self.size])
+        return self._demos
+
+    @property
+    def demo_size(self) -> int:
+        """Demonstrations: the offline dataset's chunks plus the interventions."""
+        return self.offline_size + len(self.demos)
 
     def _check_images(self, images: dict[str, np.ndarray], what: str) -> None:
         if sorted(images) != sorted(self.images):
@@ -104,6 +137,9 @@ class ReplayBuffer:
         i = self.cursor
         self.state[i], self.chunk[i], self.rewards[i] = t.state, t.chunk, t.rewards
         self.next_state[i], self.mask[i] = t.next_state, t.mask
+        if t.intervention or self.intervention[i]:
+            self._demos = None
+        self.intervention[i] = t.intervention
         for name in self.images:
             self.images[name][i] = t.images[name]
             self.next_images[name][i] = t.next_images[name]
@@ -120,32 +156,47 @@ class ReplayBuffer:
                           mask=torch.from_numpy(self.mask[idx]))
 
     def split(self, batch_size: int, rng: np.random.Generator) -> int:
-        """How many of `batch_size` samples come from the online part."""
+        """How many of `batch_size` samples come from the online ring (the rest: demonstrations)."""
         if self.size == 0:
             return 0
-        if self.offline_size == 0:
+        if self.demo_size == 0:
             return batch_size
         if self.online_fraction is None:  # uniform over the union
-            return int(rng.binomial(batch_size, self.size / len(self)))
+            return int(rng.binomial(batch_size, self.size / (self.size + self.demo_size)))
         return round(batch_size * self.online_fraction)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> ChunkBatch:
+        return self.sample_flagged(batch_size, rng)[0]
+
+    def sample_flagged(self, batch_size: int, rng: np.random.Generator) -> tuple[ChunkBatch, np.ndarray]:
+        """A batch (online rows, then interventions drawn as demonstrations, then offline rows) and, per row,
+        whether it is an intervention."""
         if len(self) == 0:
             raise ValueError("the replay buffer is empty")
         n_on = self.split(batch_size, rng)
-        parts = []
+        n_demo = batch_size - n_on
+        demos = self.demos
+        if not len(demos):
+            n_int = 0  # no draw: without interventions the RNG stream stays as it was
+        elif self.offline_size == 0:
+            n_int = n_demo
+        else:  # uniform over the dataset's chunks and the interventions
+            n_int = int(rng.binomial(n_demo, len(demos) / self.demo_size))
+        parts, flags = [], []
+
+        def from_ring(idx: np.ndarray) -> None:
+            parts.append(self._online_batch(idx))
+            flags.append(self.intervention[idx])
+
         if n_on:
-            parts.append(self._online_batch(rng.integers(0, self.size, n_on)))
-        if batch_size - n_on:
+            from_ring(rng.integers(0, self.size, n_on))
+        if n_int:
+            from_ring(demos[rng.integers(0, len(demos), n_int)])
+        if n_demo - n_int:
             assert self.offline is not None
-            parts.append(self.offline.sample(batch_size - n_on, rng, with_critic_targets=True))
-        if len(parts) == 1:
-            return parts[0]
-        a, b = parts
-        return ChunkBatch(state=torch.cat([a.state, b.state]), images=_cat_images(a.images, b.images),
-                          chunk=torch.cat([a.chunk, b.chunk]), rewards=torch.cat([a.rewards, b.rewards]),
-                          next_state=torch.cat([a.next_state, b.next_state]),
-                          next_images=_cat_images(a.next_images, b.next_images), mask=torch.cat([a.mask, b.mask]))
+            parts.append(self.offline.sample(n_demo - n_int, rng, with_critic_targets=True))
+            flags.append(np.zeros(n_demo - n_int, bool))
+        return _cat_batches(parts), np.concatenate(flags)
 
     # --- persistence (the online part; the offline part is re-read from its dataset) ---------------
     def save(self, path: Path | str) -> None:
@@ -155,7 +206,8 @@ class ReplayBuffer:
         images = {f"image.{k}": v[:n] for k, v in self.images.items()}
         images.update({f"next_image.{k}": v[:n] for k, v in self.next_images.items()})
         np.savez(tmp, state=self.state[:n], chunk=self.chunk[:n], rewards=self.rewards[:n],
-                 next_state=self.next_state[:n], mask=self.mask[:n], cursor=self.cursor, added=self.added, **images)
+                 next_state=self.next_state[:n], mask=self.mask[:n], intervention=self.intervention[:n],
+                 cursor=self.cursor, added=self.added, **images)
         tmp.replace(path)
 
     def load(self, path: Path | str) -> None:
@@ -167,6 +219,9 @@ class ReplayBuffer:
             n = min(len(d["state"]), self.capacity)
             for name in ("state", "chunk", "rewards", "next_state", "mask"):
                 getattr(self, name)[:n] = d[name][:n]
+            # (a file saved before interventions existed holds none)
+            self.intervention[:n] = d["intervention"][:n] if "intervention" in d.files else False
+            self._demos = None
             for c in self.cameras:
                 for prefix, ring in (("image.", self.images), ("next_image.", self.next_images)):
                     saved_images = d[prefix + c.name]  # read once: it may be gigabytes

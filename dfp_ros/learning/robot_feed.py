@@ -9,19 +9,22 @@ Stamps (`join`): `causal` places every message by the time its publisher sent it
 timestamp); `stamp` places header-stamped messages by their header stamp and header-less ones
 (rewards, episode events) by the time they were sent. A header stamp far from its send time comes
 from another clock (sim time, an unsynchronised computer): such observations can never fall into
-the rewards' windows, which is counted (`stamp_clock_mismatch`) and reported.
+the rewards' windows, which is counted (`stamp_clock_mismatch`) and reported. The policy node's
+`~/executed` (who commanded each step, and the command) is placed like a chunk: by its stamp, or by
+the time it was sent.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from dfp_ros.contracts import ModelMetadata
-from dfp_ros.learning.transitions import TransitionJoiner
+from dfp_ros.learning.transitions import EpisodeRecord, TransitionJoiner
 from dfp_ros.runtime.observation import ObservationAssembler, ObservationError, StateSource
+from dfp_ros.runtime.takeover import HOLD, HUMAN, POLICY
 
 JOIN_MODES = ("causal", "stamp")
 STEPS_FROM = ("observations", "fps")
@@ -111,6 +114,22 @@ class RobotFeed:
         else:
             self.joiner.add_chunk(header_ns, actions, sent_ns=sent_ns)
 
+    def executed(self, command: np.ndarray, source: str, header_ns: int, sent_ns: int, now: float) -> None:
+        """One command the policy published [A] and who produced it (`~/executed`'s frame_id)."""
+        self.last["executed"] = now
+        if source not in (POLICY, HUMAN, HOLD):
+            self.drop("executed", ObservationError("unknown_source", f"executed frame_id {source!r} is not one of "
+                                                                     f"{POLICY}, {HUMAN}, {HOLD}"))
+        elif command.shape != (self.n_actions,):
+            self.drop("executed", ObservationError("wrong_size", f"executed command of shape {command.shape}, "
+                                                                 f"expected [{self.n_actions}]"))
+        elif not np.isfinite(command).all():
+            self.drop("executed", ObservationError("non_finite", "executed command with NaN/inf"))
+        elif self.causal:
+            self.joiner.add_executed(sent_ns, command, source, causal=True)
+        else:
+            self.joiner.add_executed(header_ns, command, source, sent_ns=sent_ns)
+
     def reward(self, value: float, sent_ns: int, now: float) -> None:
         self.last["reward"] = now
         if not np.isfinite(value):
@@ -121,6 +140,15 @@ class RobotFeed:
     def event(self, event: str, sent_ns: int, now: float) -> None:
         self.last["episode"] = now
         self.joiner.add_event(event, sent_ns, now=now)
+
+    def poll(self, now: float, executed_topic: str = "") -> list[EpisodeRecord]:
+        """The episodes joined by now (`joiner.poll`); a warning when `executed_topic` is read but an episode
+        with chunks had no message on it (takeovers could not be told from the policy's steps)."""
+        records = self.joiner.poll(now)
+        if executed_topic and any(r.chunks and not r.labelled_steps and not r.discarded for r in records):
+            self._warn(f"[{self.label}] no message on {executed_topic} in an episode with chunks: takeovers cannot be "
+                       "told from the policy's steps (is the policy node's ~/executed there?)", 60.0)
+        return records
 
     def drop(self, what: str, err: ObservationError) -> None:
         self.dropped_messages[err.kind] += 1
@@ -145,3 +173,53 @@ class RobotFeed:
         for stream in ("reward", "episode"):
             if stream in self.last:
                 self.last[stream] = now
+
+
+def feed_counts(feeds: Iterable[RobotFeed]) -> dict[str, int]:
+    """The robots' join counts for /diagnostics: dropped per reason and per message kind, and the rest."""
+    dropped: Counter[str] = Counter()
+    messages: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for feed in feeds:
+        dropped.update(feed.joiner.dropped)
+        messages.update(feed.dropped_messages)
+        counts.update(feed.counts)
+        counts.update({"republished_observations": feed.joiner.republished, "episodes_discarded":
+                       feed.joiner.discarded, "executed_unplaced": feed.joiner.executed_unplaced})
+    return {"dropped_total": sum(dropped.values()) + sum(messages.values()),
+            **{f"dropped_{k}": v for k, v in sorted(dropped.items())},
+            **{f"dropped_messages_{k}": v for k, v in sorted(messages.items())},
+            **{k: counts[k] for k in ("republished_observations", "unpaired_stamps", "stamp_clock_mismatch",
+                                      "episodes_discarded", "executed_unplaced")}}
+
+
+def episode_line(rec: EpisodeRecord, index: int) -> str:
+    """The log line of a joined episode (`index`: episodes joined so far) or of one the operator discarded."""
+    where = f"[{rec.robot or '/'}] {rec.event} after {rec.steps} steps"
+    if rec.discarded:
+        return f"episode {where} discarded by the operator: {rec.chunks} chunks not learned from"
+    return (f"episode {index} {where}, return {rec.episode_return:.1f}; chunks {rec.chunks}, joined "
+            f"{len(rec.transitions)}" + (f", dropped {rec.dropped}" if rec.dropped else "")
+            + f"; intervention rate {rec.intervention_rate:.2f} ({rec.human_steps} human steps)")
+
+
+class LearningPause:
+    """Why learning is paused: silent streams and the operator's `pause` / `resume` words, together."""
+
+    def __init__(self) -> None:
+        self.silence = ""
+        self.operator = False
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(r for r in (self.silence, "the operator paused learning" if self.operator else "") if r)
+
+    def set(self, silence: str | None = None, operator: bool | None = None) -> str | None:
+        """Update a cause; when learning goes from running to paused or back, the reason ('' = learn again),
+        else None (a cause added to a pause, or a silence growing longer, changes nothing)."""
+        was = bool(self.reason)
+        if silence is not None:
+            self.silence = silence
+        if operator is not None:
+            self.operator = operator
+        return None if bool(self.reason) == was else self.reason

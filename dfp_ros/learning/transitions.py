@@ -31,6 +31,29 @@ publisher sent a header-less message (the finetune node passes DDS source timest
 - Chunks before the first `start` seen (the learner joined mid-episode) are "partial_episode".
 - Stamp join: a chunk the policy published after the episode's end event (its observation is from
   before the end, its actions were never executed in that episode) is "chunk_after_end".
+- `discard` (the operator's word) throws the open episode away (or, with none open, the last ended one
+  not joined yet): its chunks are "discarded", nothing of it is learned from. A robot that runs on to
+  its own end event (a simulator) has the chunks up to that end counted "discarded" too.
+
+What was executed (`add_executed`, the policy node's `~/executed`: one message per command published,
+saying whether the policy, the human or the watchdog's hold produced it). Each such message labels
+one step: by its stamp (stamp join: its observation's stamp) or causally (the newest observation
+published before it). Without any, every step is unlabelled and the rules above are all there is.
+With them, human takeovers become transitions too (HIL-SERL's interventions) instead of being lost
+or, worse, joined as if the policy had executed its chunk:
+- A policy chunk whose steps were all executed by the policy (or are unlabelled) is joined exactly as
+  above. A chunk planned at a step the policy did not command (the human held the robot; the policy
+  plans on meanwhile) was never executed: "chunk_not_executed".
+- Windows with human steps are built from the executed commands: the policy chunk cut by a takeover
+  (its window [c, c + H) holds human steps), and each stretch of human steps cut into H-step windows
+  from its first step (the takeover point); the last one may run on into the policy's steps after the
+  hand-back. Such a transition is (o_d, the H executed commands from d, their rewards, o_{d+H}, mask)
+  with `intervention` set; the episode ending inside it follows the rules above (terminal: mask 0 and
+  the last command repeated past the end, as the offline dataset pads; time-out: "truncated").
+- A "hold" step (the watchdog repeated a command: the teleop device late or silent, stale
+  observations) ends a window: a window holding one is dropped ("hold_step"), and so is one with an
+  unlabelled step ("executed_missing") or a step two messages label differently ("executed_conflict").
+- An episode's `human_steps` / `steps` is its intervention rate.
 
 Steps by time (`step_ns`, stamp join only): a real robot often publishes its joint states faster
 than the policy acts (a 100 Hz joint_state_broadcaster, a 20 Hz policy timer), so observations are
@@ -43,7 +66,11 @@ time means the policy paused ("partial_chunk"), unless the episode ended inside 
 "truncated"). A reward stamped t in (c, next chunk's stamp] (or the end) belongs to the chunk's step
 floor((t - c - 1) / step), the last executed step taking any later ones; per_step wants exactly one
 per executed step, which a reward published a few ms off its step's boundary breaks: prefer `sum`
-for a robot on a timer. An episode's steps are its duration in steps.
+for a robot on a timer. An episode's steps are its duration in steps. Executed messages (by their
+stamps) only guard the policy's chunks here: a chunk whose span holds a human tick is dropped
+("cut_by_takeover"), one planned while the human held the robot is "chunk_not_executed", a hold
+tick drops it ("hold_step"); no windows are built from executed commands with steps by time, and the
+human ticks still make the episode's intervention rate.
 """
 
 from __future__ import annotations
@@ -55,12 +82,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dfp_ros.runtime.takeover import HOLD, HUMAN, POLICY
+
 if TYPE_CHECKING:
     from dfp_ros.contracts import CameraSpec
 
 TERMINAL_EVENTS = ("success", "failure")
 END_EVENTS = ("success", "failure", "timeout")
 REWARD_MODES = ("per_step", "sum")
+DISCARD = "discard"  # the operator's word: the episode is not learned from (contracts.EPISODE_DISCARD)
+# A step's label from `~/executed` (np.int8 per step): nothing known, who commanded it, or two messages
+# that disagree.
+_UNKNOWN, _POLICY, _HUMAN, _HOLD, _CONFLICT = range(5)
+_LABELS = {POLICY: _POLICY, HUMAN: _HUMAN, HOLD: _HOLD}
 
 
 @dataclass
@@ -73,6 +107,7 @@ class Transition:
     stamp_ns: int = 0  # stamp of `state`
     images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> uint8 [h, w, 3] at `state`
     next_images: dict[str, np.ndarray] = field(default_factory=dict)  # ... at `next_state`
+    intervention: bool = False  # built from executed commands, some of them the human's
 
     def discounted_return(self, gamma: float) -> float:
         return float((self.rewards * gamma ** np.arange(len(self.rewards))).sum())
@@ -108,10 +143,24 @@ class EpisodeRecord:
     chunks: int
     transitions: list[Transition] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    human_steps: int = 0  # steps the human commanded (`~/executed`)
+    human_windows: int = 0  # windows cut from human stretches (joined or dropped, besides `chunks`)
+    labelled_steps: int = 0  # steps with an executed message
+    discarded: bool = False  # the operator's `discard`: nothing of it is learned from
 
     @property
     def success(self) -> bool:
         return self.event == "success"
+
+    @property
+    def interventions(self) -> int:
+        """Transitions built from executed commands with human steps."""
+        return sum(t.intervention for t in self.transitions)
+
+    @property
+    def intervention_rate(self) -> float:
+        """Human steps / steps."""
+        return self.human_steps / self.steps if self.steps else 0.0
 
 
 class TransitionJoiner:
@@ -138,14 +187,19 @@ class TransitionJoiner:
         self.joined = 0
         self.episodes = 0
         self.republished = 0  # observations sent again without a step (not transitions; not dropped)
+        self.discarded = 0  # episodes the operator discarded
+        self.executed_unplaced = 0  # executed messages with no observation of the episode to label
         self._obs: dict[int, np.ndarray] = {}
         self._images: dict[int, dict[str, np.ndarray]] = {}  # camera images of the observation at a stamp
         self._chunks: dict[int, np.ndarray] = {}
         self._sent: dict[int, int] = {}  # chunk stamp -> when the policy published it (when known)
         self._causal: list[tuple[int, np.ndarray]] = []  # (publish time, actions): joined at the episode end
         self._rewards: list[tuple[int, float]] = []
+        # (stamp, or publish time when causal; command [A]; who; causal; publish time when known)
+        self._executed: list[tuple[int, np.ndarray, str, bool, int | None]] = []
         self._start_ns: int | None = None
-        self._pending: list[tuple[int, int, str, float]] = []  # (start, end, event, arrival time)
+        self._after_discard = False  # an open episode was discarded: its tail up to the next start too
+        self._pending: list[list] = []  # [start, end, event, arrival time, discarded]
 
     # --- inputs ------------------------------------------------------------------------------------
     def add_observation(self, stamp_ns: int, state: np.ndarray,
@@ -193,41 +247,74 @@ class TransitionJoiner:
         self._rewards.append((int(stamp_ns), float(value)))
         self._bound()
 
+    def add_executed(self, stamp_ns: int, command: np.ndarray, source: str, causal: bool = False,
+                     sent_ns: int | None = None) -> None:
+        """One command the policy node published (`~/executed`) and who produced it (policy | human | hold).
+
+        Stamped with the observation its tick acted on, or, `causal`, with the time it was published
+        (placed on the newest observation published before it, as a causal chunk). `sent_ns` (stamp
+        join): a tick after the episode's end event acting on an older observation is not the episode's.
+        """
+        if source not in _LABELS:
+            raise ValueError(f"executed source {source!r} is not one of {sorted(_LABELS)}")
+        if causal and self.step_ns is not None:
+            raise ValueError("steps by time (step_ns) place executed commands by their stamps, not causally")
+        self._executed.append((int(stamp_ns), np.asarray(command, np.float32).reshape(-1).copy(), source, causal,
+                               None if sent_ns is None else int(sent_ns)))
+        self._bound()
+
     def add_event(self, event: str, stamp_ns: int, now: float = 0.0) -> None:
         """`start` opens an episode at `stamp_ns`; an end event closes it (joined by `poll` after the grace)."""
         stamp_ns = int(stamp_ns)
         if event == "start":
             if self._start_ns is not None:  # a start without an end: nothing before it can be attributed
                 self._discard_before(stamp_ns, "partial_episode")
-            self._start_ns = stamp_ns
+            self._start_ns, self._after_discard = stamp_ns, False
         elif event in END_EVENTS:
-            if self._start_ns is None:  # we joined mid-episode
-                self._discard_before(stamp_ns, "partial_episode")
+            if self._start_ns is None:  # we joined mid-episode, or the operator discarded this one
+                self._discard_before(stamp_ns, "discarded" if self._after_discard else "partial_episode")
+                self._after_discard = False
                 return
-            self._pending.append((self._start_ns, stamp_ns, event, now))
+            self._pending.append([self._start_ns, stamp_ns, event, now, False])
             self._start_ns = None
+        elif event == DISCARD:
+            if self._start_ns is not None:
+                self._pending.append([self._start_ns, stamp_ns, event, now, True])
+                self._start_ns, self._after_discard = None, True
+            elif self._pending:  # pressed just after the end, before the episode was joined
+                self._pending[-1][4] = True
+            else:
+                self.dropped["discard_without_episode"] += 1
 
     def poll(self, now: float) -> list[EpisodeRecord]:
         """Join the episodes that ended at least `grace_s` before `now` (same clock as add_event's `now`)."""
         out = []
         while self._pending and self._pending[0][3] + self.grace_s <= now:
-            start, end, event, _ = self._pending.pop(0)
-            out.append(self._finish(start, end, event))
+            start, end, event, _, discarded = self._pending.pop(0)
+            out.append(self._discard(start, end, event) if discarded else self._finish(start, end, event))
         return out
 
     def flush(self) -> list[EpisodeRecord]:
         return self.poll(float("inf"))
 
     def _discard_before(self, stamp_ns: int, reason: str) -> None:
-        n = sum(1 for s in self._chunks if s < stamp_ns)
+        """Drop what came before `stamp_ns` outside any episode; an ended episode waiting for its grace
+        period keeps its own messages (everything up to its end)."""
+        floor = self._pending[-1][1] if self._pending else -1
+
+        def outside(s: int) -> bool:
+            return floor <= s < stamp_ns
+
+        n = sum(1 for s in self._chunks if outside(s)) + sum(1 for s, _ in self._causal if outside(s))
         if n:
             self.dropped[reason] += n
-        self.dropped[reason] += sum(1 for s, _ in self._causal if s < stamp_ns)
-        self._keep_observations_from(stamp_ns)
-        self._chunks = {s: v for s, v in self._chunks.items() if s >= stamp_ns}
+        self._obs = {s: v for s, v in self._obs.items() if not outside(s)}
+        self._images = {s: v for s, v in self._images.items() if not outside(s)}
+        self._chunks = {s: v for s, v in self._chunks.items() if not outside(s)}
         self._sent = {s: v for s, v in self._sent.items() if s in self._chunks}
-        self._causal = [(s, a) for s, a in self._causal if s >= stamp_ns]
-        self._rewards = [(s, r) for s, r in self._rewards if s > stamp_ns]
+        self._causal = [(s, a) for s, a in self._causal if not outside(s)]
+        self._rewards = [(s, r) for s, r in self._rewards if not floor < s <= stamp_ns]
+        self._executed = [e for e in self._executed if not outside(e[0])]
 
     def _keep_observations_from(self, stamp_ns: int) -> None:
         self._obs = {s: v for s, v in self._obs.items() if s >= stamp_ns}
@@ -235,7 +322,8 @@ class TransitionJoiner:
 
     def _bound(self) -> None:
         # No episode events at all (a silent episode topic): never grow without bound.
-        if len(self._obs) + len(self._chunks) + len(self._causal) + len(self._rewards) > self.max_buffered:
+        if len(self._obs) + len(self._chunks) + len(self._causal) + len(self._rewards) + len(self._executed) \
+                > self.max_buffered:
             self.dropped["buffer_overflow"] += len(self._chunks) + len(self._causal)
             self._obs.clear()
             self._images.clear()
@@ -243,6 +331,7 @@ class TransitionJoiner:
             self._sent.clear()
             self._causal.clear()
             self._rewards.clear()
+            self._executed.clear()
 
     # --- joining -----------------------------------------------------------------------------------
     def _without_republished(self, stamps: list[int]) -> list[int]:
@@ -318,28 +407,95 @@ class TransitionJoiner:
         terminal = event in TERMINAL_EVENTS
         H = self.horizon
         out: list[Transition] = []
-        for j, i in enumerate(chunk_steps):
-            nxt = chunk_steps[j + 1] if j + 1 < len(chunk_steps) else None
-            ends_inside = i + H >= n  # no observation H steps later: the episode ended inside the chunk
-            if nxt is not None and nxt != i + H:
-                dropped["partial_chunk"] += 1  # replaced before it was executed in full
-                continue
-            if nxt is None and not ends_inside:
-                dropped["partial_chunk"] += 1  # no next chunk although the episode went on
-                continue
+        src, commands = self._label_steps(stamps, start_ns, end_ns)
+
+        def join(i: int, actions: np.ndarray, intervention: bool) -> None:
+            """The window of H steps from step i with these actions, unless it cannot be joined."""
+            ends_inside = i + H >= n  # no observation H steps later: the episode ended inside the window
             if ends_inside and not terminal:
                 dropped["truncated"] += 1  # a time-out: nothing to bootstrap from, and not terminal
-                continue
+                return
             steps = min(H, n - i)
             if bad_step[i:i + steps].any():
                 dropped["reward_mismatch"] += 1
-                continue
+                return
             r = np.zeros(H, np.float32)
             r[:steps] = rewards[i:i + steps]
             now_s, next_s, mask = stamps[i], stamps[n - 1 if ends_inside else i + H], 0.0 if ends_inside else 1.0
-            out.append(Transition(self._obs[now_s], chunks[now_s], r, self._obs[next_s], mask, now_s,
-                                  self._images.get(now_s, {}), self._images.get(next_s, {})))
-        return self._record(end_ns, event, n, float(rewards.sum()), n_chunks, out, dropped)
+            out.append(Transition(self._obs[now_s], actions, r, self._obs[next_s], mask, now_s,
+                                  self._images.get(now_s, {}), self._images.get(next_s, {}), intervention))
+
+        human_windows = _human_window_starts(src, H)
+        executed_windows = list(human_windows)
+        for j, i in enumerate(chunk_steps):
+            nxt = chunk_steps[j + 1] if j + 1 < len(chunk_steps) else None
+            labels = src[i:i + H]
+            if src[i] not in (_UNKNOWN, _POLICY):
+                dropped["chunk_not_executed"] += 1  # planned while the human held the robot
+            elif (labels == _HUMAN).any():
+                executed_windows.append(i)  # cut by a takeover
+            elif (bad := _window_fault(labels, allow_unknown=True)) is not None:
+                dropped[bad] += 1
+            elif nxt is not None and nxt != i + H:
+                dropped["partial_chunk"] += 1  # replaced before it was executed in full
+            elif nxt is None and i + H < n:
+                dropped["partial_chunk"] += 1  # no next chunk although the episode went on
+            else:
+                join(i, chunks[stamps[i]], False)
+        for d in executed_windows:
+            steps = min(H, n - d)
+            if (bad := _window_fault(src[d:d + steps], allow_unknown=False)) is not None:
+                dropped[bad] += 1
+                continue
+            actions = np.stack(commands[d:d + steps])  # (every step is labelled: checked above)
+            join(d, np.concatenate([actions, np.repeat(actions[-1:], H - steps, 0)]), True)
+        out.sort(key=lambda t: t.stamp_ns)
+        rec = self._record(end_ns, event, n, float(rewards.sum()), n_chunks, out, dropped)
+        return self._labelled(rec, src, len(human_windows))
+
+    def _label_steps(self, stamps: list[int], start_ns: int, end_ns: int) -> tuple[np.ndarray, list]:
+        """Per step of the episode: who commanded it (_UNKNOWN, _POLICY, _HUMAN, _HOLD, _CONFLICT) and the
+        command (None where unknown); see the module docstring."""
+        src = np.full(len(stamps), _UNKNOWN, np.int8)
+        commands: list[np.ndarray | None] = [None] * len(stamps)
+        starts = np.asarray(stamps, np.int64)
+        for t, command, who, causal, sent in sorted(self._executed, key=lambda e: (e[0], e[4] or 0)):
+            if causal:
+                if not start_ns < t < end_ns:
+                    continue
+                k = int(np.searchsorted(starts, t, "left")) - 1
+            else:
+                if not start_ns <= t < end_ns or (sent is not None and sent > end_ns):
+                    continue  # another episode's, or a tick after the end on an older observation
+                # A re-published observation's stamp labels the step it repeats.
+                k = int(np.searchsorted(starts, t, "right")) - 1 if t in self._obs else -1
+            if k < 0:
+                self.executed_unplaced += 1
+            elif src[k] in (_UNKNOWN, _LABELS[who]):
+                src[k], commands[k] = _LABELS[who], command
+            else:
+                src[k] = _CONFLICT
+        return src, commands
+
+    def _labelled(self, rec: EpisodeRecord, src: np.ndarray, human_windows: int) -> EpisodeRecord:
+        rec.human_steps = int((src == _HUMAN).sum())
+        rec.labelled_steps = int((src != _UNKNOWN).sum())
+        rec.human_windows = human_windows
+        return rec
+
+    def _discard(self, start_ns: int, end_ns: int, event: str) -> EpisodeRecord:
+        """The operator discarded the episode [start, end): counted, nothing joined."""
+        self.discarded += 1
+        n_chunks = (sum(1 for s in self._chunks if start_ns <= s < end_ns)
+                    + sum(1 for t, _ in self._causal if start_ns < t < end_ns))
+        if self.step_ns is None:
+            steps = len(self._without_republished(sorted(s for s in self._obs if start_ns <= s < end_ns)))
+        else:
+            steps = round((end_ns - start_ns) / self.step_ns)
+        episode_return = sum(r for t, r in self._rewards if start_ns < t <= end_ns)
+        rec = self._record(end_ns, event, steps, episode_return, n_chunks, [], Counter(discarded=n_chunks))
+        rec.discarded = True
+        return rec
 
     def _episode_chunks(self, start_ns: int, end_ns: int, dropped: Counter[str]) -> list[int]:
         """Stamps of the stamped chunks of the episode [start, end), less those sent after its end."""
@@ -359,6 +515,7 @@ class TransitionJoiner:
         self._sent = {s: v for s, v in self._sent.items() if s in self._chunks}
         self._causal = [(s, a) for s, a in self._causal if s > end_ns]
         self._rewards = [(s, r) for s, r in self._rewards if s > end_ns]
+        self._executed = [e for e in self._executed if e[0] > end_ns or (not e[3] and e[0] == end_ns)]
         return EpisodeRecord(self.robot, event, steps, episode_return, n_chunks, out, dict(dropped))
 
     def _finish_timed(self, start_ns: int, end_ns: int, event: str) -> EpisodeRecord:
@@ -373,10 +530,27 @@ class TransitionJoiner:
         rewards = [(t, r) for t, r in self._rewards if start_ns < t <= end_ns]
         reward_t = np.array([t for t, _ in rewards], dtype=np.int64)
         reward_v = np.array([r for _, r in rewards], dtype=np.float64)
+        executed = [(t, _LABELS[who]) for t, _, who, _, sent in self._executed
+                    if start_ns <= t < end_ns and (sent is None or sent <= end_ns)]
+        ex_t = np.array([t for t, _ in executed], np.int64)
+        ex_src = np.array([w for _, w in executed], np.int8)
         out: list[Transition] = []
         for k, c in enumerate(chunk_stamps):
             if c not in self._obs:
                 dropped["chunk_without_observation"] += 1
+                continue
+            # The ticks of its span (by their observations' stamps): steps by time build no windows from
+            # executed commands (module docstring), but a chunk the human cut or held is never joined.
+            inside = (ex_t >= c - tol) & (ex_t < c + span - tol)
+            labels = ex_src[inside][np.argsort(ex_t[inside])]
+            if labels.size and labels[0] != _POLICY:
+                dropped["chunk_not_executed"] += 1
+                continue
+            if (labels == _HUMAN).any():
+                dropped["cut_by_takeover"] += 1
+                continue
+            if (bad := _window_fault(labels, allow_unknown=True)) is not None:
+                dropped[bad] += 1
                 continue
             # The next chunk of any kind counts: one without its observation still replaced this one.
             nxt = chunk_stamps[k + 1] if k + 1 < len(chunk_stamps) else None
@@ -408,4 +582,23 @@ class TransitionJoiner:
                                   self._images.get(c, {}), self._images.get(next_s, {})))
         n_steps = round((end_ns - start_ns) / step)
         n_chunks = len(chunk_stamps) + dropped["chunk_after_end"]
-        return self._record(end_ns, event, n_steps, float(reward_v.sum()), n_chunks, out, dropped)
+        rec = self._record(end_ns, event, n_steps, float(reward_v.sum()), n_chunks, out, dropped)
+        return self._labelled(rec, ex_src, 0)
+
+
+def _human_window_starts(src: np.ndarray, horizon: int) -> list[int]:
+    """Each stretch of human steps cut into windows of `horizon` steps from its first step."""
+    human = np.concatenate([[False], src == _HUMAN, [False]])
+    edges = np.flatnonzero(human[1:] != human[:-1])  # run starts and ends, alternating
+    return [d for a, b in zip(edges[::2], edges[1::2], strict=True) for d in range(int(a), int(b), horizon)]
+
+
+def _window_fault(labels: np.ndarray, allow_unknown: bool) -> str | None:
+    """Why a window with these step labels cannot be joined (a drop reason), or None."""
+    if (labels == _HOLD).any():
+        return "hold_step"
+    if (labels == _CONFLICT).any():
+        return "executed_conflict"
+    if not allow_unknown and (labels == _UNKNOWN).any():
+        return "executed_missing"
+    return None

@@ -13,6 +13,14 @@ the leader-arm option: a second arm's joint states recorded as the action);
 resized to `camera.<name>.height` x `camera.<name>.width`. The task text of an episode is the `task`
 parameter when the episode starts (`ros2 param set` between episodes).
 
+Human in the loop (`executed_topic`, the policy node's `~/executed`): a session where the policy drives
+and a person takes over is kept as a dataset. Each executed message is then the command (the action, as
+published, the policy's or the human's) and `intervention` (bool per frame) is its frame_id == human;
+`action_topic` is not read. Why that topic rather than `teleop/engaged`: it is the command and who
+produced it in one message, so a frame's flag is its own action's (the dead-man's Bool is not: it is
+published on change, misses `~/intervene`, and the human keeps the robot until the next observation
+after a release).
+
 Sampling, one clock (see data/stream_sampling.py): every message keeps its source timestamp
 (`time_source: received` uses the arrival time instead, for publishers on another machine without
 synchronised clocks). A frame at time T takes the newest message of every stream published at or
@@ -31,7 +39,9 @@ command, however long the teleoperator takes, so give `max_age_s` a few seconds 
 Episodes: services `~/start`, `~/save`, `~/discard` (std_srvs/Trigger); keys when run in a terminal
 (space: start, `n` or right arrow: save and record the next, `r` or left arrow: discard and record
 again, `q` or Esc: save the episode in progress and stop); `auto_episodes: true` follows `/episode`
-events (start -> record, success/failure/timeout -> save, reset without an end -> discard).
+events (start -> record, success/failure/timeout -> save, reset without an end -> discard). The
+operator's `discard` on `/episode` (joy_teleop_node's button) acts like the re-record key, with or
+without `auto_episodes`.
 `max_episodes` > 0 stops after that many episodes saved by this run. `start_on_first_command` (action
 mode) starts the first episode at the first command: a lock-step simulator waits for that command, so
 its first episode - whose `start` event the recorder may have missed while it was being discovered -
@@ -82,6 +92,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from dfp_ros import contracts
 from dfp_ros.data.dataset_writer import IMAGE_PREFIX, FeatureMismatch, StateBlock, build_features, state_layout
@@ -93,6 +104,7 @@ from dfp_ros.nodes.params import EmptyList, Param, declare_params, watch_params
 from dfp_ros.nodes.ros_io import ObservationError
 from dfp_ros.nodes.terminal_keys import EPISODE_KEYS_HELP, KeyThread
 from dfp_ros.runtime.observation import resize_to
+from dfp_ros.runtime.takeover import HUMAN
 
 NODE_NAME = "collect_node"
 STATE_MSG = {"float32_array": Float32MultiArray, "joint_state": JointState}
@@ -133,6 +145,8 @@ PARAMS = [
     Param("action_names", ["effector_dx", "effector_dy", "effector_dz", "effector_dyaw", "gripper_delta"],
           "action names"),
     Param("action_joints", EmptyList(str), "joint_state action: the joints to read (default action_names)"),
+    Param("executed_topic", "", "a policy node's ~/executed: the action it published and an intervention column "
+                                "(human or policy); replaces action_topic ('' = off)"),
     Param("camera_names", EmptyList(str), "cameras (observation.images.<name>), each set by camera.<name>.topic, "
                                           ".compressed, .height and .width"),
     Param("camera_qos", "sensor_data", "sensor_data matches any publisher; reliable loses no frame of a reliable "
@@ -185,7 +199,8 @@ class CollectNode(Node):
             raise ValueError(f"action_joints {self.command_names} needs one joint per action name "
                              f"{self.action_names}")
         self.cameras = {c: (p[f"camera.{c}.height"], p[f"camera.{c}.width"]) for c in cams}
-        self.features = build_features(names, self.action_names, self.cameras)
+        self.executed_topic = p["executed_topic"]
+        self.features = build_features(names, self.action_names, self.cameras, intervention=bool(self.executed_topic))
 
         # --- dataset (opened by the writer process; a refusal ends the node before it subscribes) ----
         root_path = Path(p["root"]).expanduser()
@@ -199,17 +214,19 @@ class CollectNode(Node):
             slots=max(8, 2 * int(self.fps)), on_saved=self._on_saved)
         writer = self._writer.wait_ready()  # raises FeatureMismatch / FileExistsError: main() exits 2
         opened = f"appending to {writer.episodes_at_open} episodes" if writer.appended else "new dataset"
+        source = (f"{self.executed_topic} (executed commands, with the intervention column)" if self.executed_topic
+                  else f"{p['action_topic']} ({p['action_type']})")
         self.get_logger().info(
             f"recording to {root_path} ({opened}), {self.fps} fps, sample_on {self.sample_on}; state {len(names)} "
-            f"values from {list(p['state_topics'])}, action {self.action_names} from {p['action_topic']} "
-            f"({p['action_type']}), cameras {list(self.cameras)}")
+            f"values from {list(p['state_topics'])}, action {self.action_names} from {source}, cameras "
+            f"{list(self.cameras)}")
 
         self.session = RecordingSession(
             self._writer, state_topics=[b.topic for b in self.blocks], cameras=list(self.cameras), fps=self.fps,
             sample_on=self.sample_on, max_age_s=p["max_age_s"], settle_s=p["settle_s"],
             auto_episodes=p["auto_episodes"], max_episodes=p["max_episodes"],
             start_on_first_command=p["start_on_first_command"], first_episode=writer.total_episodes,
-            task=p["task"], log=self.get_logger())
+            task=p["task"], log=self.get_logger(), intervention=bool(self.executed_topic))
         self.on_shutdown = p["on_shutdown"]
         self._lags: deque[int] = deque(maxlen=5000)  # the recent ones, for the median
         self._lag_max = 0  # over the whole run: one stall is what loses frames
@@ -226,8 +243,11 @@ class CollectNode(Node):
             self.create_subscription(CompressedImage if compressed else Image, p[f"camera.{cam}.topic"],
                                      self._camera_cb(cam, compressed),
                                      self._qos(CAMERA_QOS[p["camera_qos"]], big=True))
-        self.create_subscription(ros_io.COMMAND_MSG[p["action_type"]], p["action_topic"], self._on_action,
-                                 self._qos(ros_io.EVENTS))
+        if self.executed_topic:
+            self.create_subscription(JointTrajectory, self.executed_topic, self._on_executed, self._qos(ros_io.EVENTS))
+        else:
+            self.create_subscription(ros_io.COMMAND_MSG[p["action_type"]], p["action_topic"], self._on_action,
+                                     self._qos(ros_io.EVENTS))
         for what in ("start", "save", "discard"):
             self.create_service(Trigger, f"~/{what}", self._srv(what))
         if self.sample_on == "timer":
@@ -315,10 +335,18 @@ class CollectNode(Node):
             return
         self.session.on_command(self._t(info), action)
 
-    def _on_episode(self, msg: String, info: Any) -> None:
-        if msg.data in contracts.OPERATOR_EVENTS:  # for the learner (pause, resume, discard): not the recorder's
+    def _on_executed(self, msg: JointTrajectory, info: Any) -> None:
+        try:
+            action = ros_io.chunk_values(msg, self.action_names)[0]  # one point: the command published
+        except ObservationError as err:
+            self.session.count_bad(ACTION_STREAM, err.kind, str(err))
             return
-        if msg.data not in contracts.EPISODE_EVENTS:
+        self.session.on_command(self._t(info), action, intervention=msg.header.frame_id == HUMAN)
+
+    def _on_episode(self, msg: String, info: Any) -> None:
+        if msg.data in (contracts.EPISODE_PAUSE, contracts.EPISODE_RESUME):  # for the learner, not the recorder
+            return
+        if msg.data not in (*contracts.EPISODE_EVENTS, contracts.EPISODE_DISCARD):
             self.session.count_bad("episode", "unknown_event", f"unknown event {msg.data!r}")
             return
         self.session.on_event(self._t(info), msg.data)

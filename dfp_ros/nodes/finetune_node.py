@@ -16,11 +16,18 @@ under it, absolute ones are used as they are):
   <ns>/<camera.<name>.topic>  sensor_msgs/Image (or CompressedImage, `camera.<name>.compressed`), one
                            per camera the model names, decoded and resized to the model's size
   <ns>/<chunk_topic>       trajectory_msgs/JointTrajectory, the policy's chunks (stamp = its observation's)
+  <ns>/<executed_topic>    trajectory_msgs/JointTrajectory, the policy's `~/executed`: each command published
+                           and who produced it (frame_id policy | human | hold); '' = not read
   <ns>/<reward_topic>      std_msgs/Float32
-  <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset
+  <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset, and the
+                           operator's words: discard (the episode is not learned from), pause /
+                           resume (learning updates; the policy and the joins go on)
   -> chunk transitions (observation, executed chunk, rewards, next observation, mask), counted and
      dropped by reason when they cannot be joined exactly. An observation is assembled when every
      part is younger than `max_obs_age_s`. A malformed message is dropped and counted per kind.
+Human in the loop (`executed_topic`): a takeover's steps become transitions of the commands really
+executed, flagged `intervention` (the rule: learning/transitions.py), kept in the replay and drawn as
+demonstrations too (replay_buffer.py); an episode's intervention rate is human steps / steps.
 Camera models: transitions carry the frames (uint8, the model's size) of both observations, and the
 learner's replay keeps them (2 frames per transition); a `replay_capacity` whose frames would need
 more than `replay_image_memory_gb` is refused at start, saying what would fit. A dataset seeding the
@@ -56,7 +63,8 @@ Steps (`steps_from`): `observations` (default) counts each observation as one co
 the policy acts; see "Steps by time" in dfp_ros/learning/transitions.py.
 
 Diagnostics on /diagnostics every second: episodes, env steps, joined, dropped per reason and per
-message kind, updates, exports, models accepted/refused, learning/paused, critic loss, Q.
+message kind, updates, exports, models accepted/refused, learning/paused, critic loss, Q, the last
+episode's intervention rate, human steps, interventions joined and in the replay, discarded episodes.
 Outputs in `output_dir`: learner/ (checkpoint + online replay; resumed at restart), models/ (last
 exports), learning_curve.csv and learning_curve.png.
 """
@@ -82,18 +90,10 @@ from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
 from trajectory_msgs.msg import JointTrajectory
 
 from dfp_ros import contracts
+from dfp_ros.learning import robot_feed
 from dfp_ros.learning.learner_loop import seed_image_size
-from dfp_ros.learning.robot_feed import JOIN_MODES, STEPS_FROM, RobotFeed, check_join
 from dfp_ros.learning.transitions import REWARD_MODES, check_image_memory
-from dfp_ros.nodes import ros_io
-from dfp_ros.nodes.learner_process import (
-    LearnerProcess,
-    episode_message,
-    loop_config,
-    model_meta,
-    resuming,
-    should_hold,
-)
+from dfp_ros.nodes import learner_process, ros_io
 from dfp_ros.nodes.node_main import run_node
 from dfp_ros.nodes.params import Param, declare_params
 from dfp_ros.runtime.observation import ObservationAssembler
@@ -109,14 +109,16 @@ PARAMS: list[Param] = [
     *ros_io.STATE_PARAMS,
     Param("max_obs_age_s", 1.0, "an observation whose parts are older than this is not assembled", low=0.0),
     Param("chunk_topic", contracts.TOPIC_POLICY_CHUNK, "the policy's action chunks"),
+    Param("executed_topic", contracts.TOPIC_POLICY_EXECUTED, "the policy's executed commands (who drove each step: "
+          "takeovers become flagged transitions); '' = none"),
     Param("reward_topic", contracts.TOPIC_REWARD, "std_msgs/Float32 rewards"),
     Param("episode_topic", contracts.TOPIC_EPISODE, "std_msgs/String episode events"),
     Param("reward_mode", "per_step", "per_step: one reward per step (a simulator); sum: sparse rewards",
           choices=REWARD_MODES),
     Param("join", "causal", "causal: newest observation sent before the chunk (lock-step); stamp: header stamps",
-          choices=JOIN_MODES),
+          choices=robot_feed.JOIN_MODES),
     Param("steps_from", "observations", "a step is one observation, or 1/fps of stamp time (join: stamp)",
-          choices=STEPS_FROM),
+          choices=robot_feed.STEPS_FROM),
     Param("join_grace_s", 0.5, "wait this long after an episode end for its last messages", low=0.0),
     Param("max_stamp_skew_s", 0.0, "join: stamp: accept an observation's parts up to this far apart", low=0.0),
     Param("warmup_steps", 5000, "online env steps before learning", low=0),
@@ -158,7 +160,7 @@ def check_params(p: dict[str, Any]) -> None:
     """The checks that involve more than one parameter (ValueError)."""
     if p["steps_from"] == "fps" and p["join"] != "stamp":
         raise ValueError("steps_from: fps places chunks by their header stamps; it needs join: stamp")
-    if not p["init_checkpoint"] and not resuming(p["output_dir"]):
+    if not p["init_checkpoint"] and not learner_process.resuming(p["output_dir"]):
         raise ValueError("init_checkpoint is required (a `dfp train --critic` checkpoint folder) unless "
                          "output_dir holds a learner checkpoint to resume")
     if not 1 <= p["top_k"] <= p["num_candidates"]:
@@ -185,29 +187,30 @@ class FinetuneNode(Node):
         self.p = p
         out = Path(p["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        meta = model_meta(out / "learner" if resuming(out) else p["init_checkpoint"])
+        meta = learner_process.model_meta(out / "learner" if learner_process.resuming(out) else p["init_checkpoint"])
         self.meta = meta
         self.action_names: list[str] = list(meta.action_names)
         self.sources = ros_io.state_sources(meta, p)
         self.camera_topics = ros_io.camera_topics(meta, declare_params(self, ros_io.camera_params(meta)))
-        check_join(meta, self.sources, p["join"])
+        robot_feed.check_join(meta, self.sources, p["join"])
         check_image_memory(meta.cameras, p["replay_capacity"], int(p["replay_image_memory_gb"] * 1024**3))
         if p["dataset_root"] or p["dataset_repo_id"]:
             seed_image_size(meta.cameras)  # refuse here, not later in the learner process
 
         self.counts: Counter[str] = Counter()
-        self.feeds: dict[str, RobotFeed] = {}
+        self.feeds: dict[str, robot_feed.RobotFeed] = {}
         self.policy_clients: dict[str, Any] = {}  # ns -> SetParameters client of its policy node
         self.model_pubs: dict[str, Any] = {}  # ns -> its dfp/model_update publisher
         self.status: dict[str, Any] = {}
         self.models_sent = self.models_accepted = self.models_refused = 0
         self.last_model = ""
-        self._paused_reason = ""
+        self.pause = robot_feed.LearningPause()
+        self.last_intervention_rate = 0.0  # of the last episode joined
         self._robot_held = False  # pace_robot: policies disabled while the learner catches up
         for ns in p["robots"]:
             self._add_robot(ns)
 
-        self.learner = LearnerProcess(loop_config(p))
+        self.learner = learner_process.LearnerProcess(learner_process.loop_config(p))
         # Steady-clock timers: with use_sim_time, a ROS-clock timer would stop whenever the simulator does.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(0.05, self._on_poll, clock=steady)
@@ -217,7 +220,8 @@ class FinetuneNode(Node):
             f"learning from {len(self.feeds)} robot(s) {[r or '/' for r in self.feeds]}: "
             f"{[f'{s.topic} ({s.type})' for s in self.sources]}, "
             + "".join(f"camera {c} <- {t}{' (compressed)' if z else ''}, " for c, (t, z) in self.camera_topics.items())
-            + f"{p['chunk_topic']}, {p['reward_topic']} ({p['reward_mode']}), {p['episode_topic']}; join "
+            + f"{p['chunk_topic']}, {p['executed_topic'] or '(no executed topic)'}, {p['reward_topic']} "
+            f"({p['reward_mode']}), {p['episode_topic']}; join "
             f"{p['join']}, steps from {p['steps_from']}; H={meta.horizon}; "
             f"models to {p['policy_node_name']} via "
             f"{'model_path parameter' if p['share_filesystem'] else contracts.TOPIC_MODEL_UPDATE}; output {out}")
@@ -225,10 +229,10 @@ class FinetuneNode(Node):
     # --- one robot's subscriptions ----------------------------------------------------------------------
     def _add_robot(self, ns: str) -> None:
         p = self.p
-        feed = RobotFeed(ns, self.meta, self.sources, join=p["join"], reward_mode=p["reward_mode"],
-                         grace_s=p["join_grace_s"], steps_from=p["steps_from"], max_obs_age_s=p["max_obs_age_s"],
-                         max_stamp_skew_s=p["max_stamp_skew_s"],
-                         warn=lambda text, s: self.get_logger().warning(text, throttle_duration_sec=s))
+        feed = robot_feed.RobotFeed(
+            ns, self.meta, self.sources, join=p["join"], reward_mode=p["reward_mode"], grace_s=p["join_grace_s"],
+            steps_from=p["steps_from"], max_obs_age_s=p["max_obs_age_s"], max_stamp_skew_s=p["max_stamp_skew_s"],
+            warn=lambda text, s: self.get_logger().warning(text, throttle_duration_sec=s))
         self.feeds[ns] = feed
 
         def observe(what: str, store: Callable[[ObservationAssembler, float], None]) -> None:
@@ -249,15 +253,23 @@ class FinetuneNode(Node):
             observe(f"camera {camera}", lambda asm, now: asm.put_image(
                 camera, ros_io.image_rgb(msg, compressed), stamp(info, msg), now))
 
-        def on_chunk(msg: JointTrajectory, info: Any) -> None:
+        def trajectory(what: str, msg: JointTrajectory, info: Any) -> tuple[np.ndarray, int, int] | None:
             try:
-                actions = ros_io.chunk_values(msg, self.action_names)
+                return (ros_io.chunk_values(msg, self.action_names), ros_io.stamp_ns(msg.header.stamp),
+                        ros_io.sent_ns(info))
             except ValueError as e:  # ObservationError, or rows of different lengths
-                feed.last["chunk"] = time.monotonic()
-                feed.drop("chunk", e if isinstance(e, ros_io.ObservationError)
+                feed.last[what] = time.monotonic()
+                feed.drop(what, e if isinstance(e, ros_io.ObservationError)
                           else ros_io.ObservationError("wrong_size", str(e)))
-                return
-            feed.chunk(actions, ros_io.stamp_ns(msg.header.stamp), ros_io.sent_ns(info), time.monotonic())
+                return None
+
+        def on_chunk(msg: JointTrajectory, info: Any) -> None:
+            if (got := trajectory("chunk", msg, info)) is not None:
+                feed.chunk(*got, time.monotonic())
+
+        def on_executed(msg: JointTrajectory, info: Any) -> None:
+            if (got := trajectory("executed", msg, info)) is not None:
+                feed.executed(got[0].reshape(-1), msg.header.frame_id, got[1], got[2], time.monotonic())
 
         for i, src in enumerate(self.sources):
             if src.type == "joint_state":
@@ -270,10 +282,12 @@ class FinetuneNode(Node):
             self.create_subscription(CompressedImage if compressed else Image, _topic(ns, topic),
                                      lambda m, info, c=cam, z=compressed: on_image(c, z, m, info), ros_io.FRAMES)
         self.create_subscription(JointTrajectory, _topic(ns, p["chunk_topic"]), on_chunk, ros_io.EVENTS)
+        if p["executed_topic"]:
+            self.create_subscription(JointTrajectory, _topic(ns, p["executed_topic"]), on_executed, ros_io.EVENTS)
         self.create_subscription(Float32, _topic(ns, p["reward_topic"]), lambda m, info: feed.reward(
             m.data, ros_io.sent_ns(info), time.monotonic()), ros_io.EVENTS)
-        self.create_subscription(String, _topic(ns, p["episode_topic"]), lambda m, info: feed.event(
-            m.data, ros_io.sent_ns(info), time.monotonic()), ros_io.EVENTS)
+        self.create_subscription(String, _topic(ns, p["episode_topic"]), lambda m, info: self._on_episode(
+            feed, m.data, ros_io.sent_ns(info)), ros_io.EVENTS)
         if p["share_filesystem"] or p["pace_robot"]:
             self.policy_clients[ns] = self.create_client(
                 SetParameters, _topic(ns, f"{p['policy_node_name']}/set_parameters"))
@@ -282,18 +296,21 @@ class FinetuneNode(Node):
                                                         ros_io.LATCHED)
 
     # --- the periodic work: joined episodes out, learner messages in, silence ----------------------------
+    def _on_episode(self, feed: robot_feed.RobotFeed, event: str, sent_ns: int) -> None:
+        if event in (contracts.EPISODE_PAUSE, contracts.EPISODE_RESUME):  # the operator's, for the learner
+            self._set_pause(operator=event == contracts.EPISODE_PAUSE)
+        feed.event(event, sent_ns, time.monotonic())
+
     def _on_poll(self) -> None:
         now = time.monotonic()
         for feed in self.feeds.values():
-            for rec in feed.joiner.poll(now):
-                self.counts["episodes"] += 1
-                self.counts["env_steps"] += rec.steps
-                self.counts["joined"] += len(rec.transitions)
-                self.get_logger().info(
-                    f"episode {self.counts['episodes']} [{rec.robot or '/'}] {rec.event} after {rec.steps} steps, "
-                    f"return {rec.episode_return:.1f}; chunks {rec.chunks}, joined {len(rec.transitions)}"
-                    + (f", dropped {rec.dropped}" if rec.dropped else ""))
-                self.learner.send("episode", episode_message(rec, self.meta))
+            for rec in feed.poll(now, self.p["executed_topic"]):
+                if not rec.discarded:
+                    self.counts.update(episodes=1, env_steps=rec.steps, joined=len(rec.transitions),
+                                       human_steps=rec.human_steps, intervened=rec.interventions)
+                    self.last_intervention_rate = round(rec.intervention_rate, 4)
+                    self.learner.send("episode", learner_process.episode_message(rec, self.meta))
+                self.get_logger().info(robot_feed.episode_line(rec, self.counts["episodes"]))
         self._check_silence(now)
         self._read_learner()
 
@@ -301,15 +318,18 @@ class FinetuneNode(Node):
         if self._robot_held:
             return  # we hold the robot (pace_robot): no steps, so no rewards, is expected
         limits = {"reward": self.p["reward_silence_s"], "episode": self.p["episode_silence_s"]}
-        reason = "; ".join(f"{_topic(ns, self.p[stream + '_topic'])} silent for {seconds:.0f} s while observations "
-                           "arrive" for ns, feed in self.feeds.items() for stream, seconds in feed.silent(now, limits))
-        if reason and not self._paused_reason:
+        self._set_pause(silence="; ".join(
+            f"{_topic(ns, self.p[stream + '_topic'])} silent for {seconds:.0f} s while observations arrive"
+            for ns, feed in self.feeds.items() for stream, seconds in feed.silent(now, limits)))
+
+    def _set_pause(self, **cause: Any) -> None:
+        reason = self.pause.set(**cause)
+        if reason:
             self.get_logger().warning(f"learning paused: {reason}")
             self.learner.send("pause", {"reason": reason})
-        elif not reason and self._paused_reason:
-            self.get_logger().info("learning resumed: reward and episode topics are live again")
+        elif reason is not None:
+            self.get_logger().info("learning resumed")
             self.learner.send("resume", {})
-        self._paused_reason = reason
 
     def _read_learner(self) -> None:
         for kind, m in self.learner.receive():
@@ -334,7 +354,7 @@ class FinetuneNode(Node):
         if not self.p["pace_robot"] or not self.learner.alive:
             return
         target, updates = self.status.get("target_updates", 0), self.status.get("updates", 0)
-        hold = should_hold(self._robot_held, target, updates, self.p["max_update_lag"])
+        hold = learner_process.should_hold(self._robot_held, target, updates, self.p["max_update_lag"])
         if hold == self._robot_held:
             return
         self._robot_held = hold
@@ -388,33 +408,25 @@ class FinetuneNode(Node):
 
     # --- diagnostics ------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        dropped: Counter[str] = Counter()
-        messages: Counter[str] = Counter()
-        counts: Counter[str] = Counter()
-        for feed in self.feeds.values():
-            dropped.update(feed.joiner.dropped)
-            messages.update(feed.dropped_messages)
-            counts.update(feed.counts)
         values: dict[str, Any] = {
             "episodes": self.counts["episodes"], "env_steps": self.counts["env_steps"], "joined": self.counts["joined"],
-            "dropped_total": sum(dropped.values()) + sum(messages.values()),
-            **{f"dropped_{k}": v for k, v in sorted(dropped.items())},
-            **{f"dropped_messages_{k}": v for k, v in sorted(messages.items())},
+            **robot_feed.feed_counts(self.feeds.values()),
+            "intervention_rate": self.last_intervention_rate,
+            "human_steps": self.counts["human_steps"], "intervened_joined": self.counts["intervened"],
+            "operator_paused": self.pause.operator,
             "models_sent": self.models_sent, "models_accepted": self.models_accepted,
             "models_refused": self.models_refused, "last_model_sha256": self.last_model,
-            "learner_alive": self.learner.alive, "paused": self._paused_reason or "no",
+            "learner_alive": self.learner.alive, "paused": self.pause.reason or "no",
             "robot_held": self._robot_held, "robot_holds": self.counts["robot_holds"],
-            "republished_observations": sum(f.joiner.republished for f in self.feeds.values()),
-            "unpaired_stamps": counts["unpaired_stamps"], "stamp_clock_mismatch": counts["stamp_clock_mismatch"],
         }
-        for k in ("updates", "target_updates", "learning", "replay_online", "replay_offline", "exports",
-                  "critic_loss", "q_mean", "topk_q", "nearest_pos"):
-            if k in self.status:
-                values["learner_learning" if k == "learning" else k] = self.status[k]
+        for k in ("updates", "target_updates", "learning", "paused", "replay_online", "replay_offline", "exports",
+                  "replay_interventions", "batch_interventions", "critic_loss", "q_mean", "topk_q", "nearest_pos"):
+            if k in self.status:  # (learner_paused: the pause as the learner has applied it)
+                values[f"learner_{k}" if k in ("learning", "paused") else k] = self.status[k]
         if not self.learner.alive:
             level, message = DiagnosticStatus.ERROR, "learner process exited"
-        elif self._paused_reason:
-            level, message = DiagnosticStatus.WARN, "paused: " + self._paused_reason
+        elif self.pause.reason:
+            level, message = DiagnosticStatus.WARN, "paused: " + self.pause.reason
         else:
             level, message = DiagnosticStatus.OK, "learning" if self.status.get("learning") else "collecting"
         self._diag_pub.publish(ros_io.diagnostics(f"{self.get_name()}: learner", self.get_fully_qualified_name(),

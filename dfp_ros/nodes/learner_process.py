@@ -64,6 +64,8 @@ def episode_message(rec: EpisodeRecord, meta: ModelMetadata) -> dict[str, Any]:
     return {
         "robot": rec.robot, "event": rec.event, "success": rec.success, "steps": rec.steps,
         "episode_return": rec.episode_return, "chunks": rec.chunks, "dropped": rec.dropped,
+        "human_steps": rec.human_steps, "intervention_rate": rec.intervention_rate,
+        "intervention": np.array([t.intervention for t in ts], bool),
         "state": np.array([t.state for t in ts], np.float32).reshape(-1, S),
         "chunk": np.array([t.chunk for t in ts], np.float32).reshape(-1, H, A),
         "rewards": np.array([t.rewards for t in ts], np.float32).reshape(-1, H),

@@ -114,7 +114,8 @@ class PolicyNode(Node):
 
         # Separate groups keep these independent if the node is composed into a multi-threaded executor.
         obs_group, ops_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        self._chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
+        # Deep: a learner lagging a few hundred ms behind a lock-step robot must not lose chunks.
+        self._chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 100)
         self._chunk_msgs: tuple[PolicyRuntime, ros_io.ChunkMessage] | None = None  # built once per model
         self._cmd = ros_io.CommandMessage(p["command_type"], list(meta.action_names), self._ctrl.period)
         self._cmd_stamped = p["command_type"] != "float64_array"
