@@ -66,6 +66,8 @@ setup(
             "joy_teleop_node = dfp_ros.nodes.joy_teleop_node:main",
             "realsense_node = dfp_ros.nodes.realsense_node:main",
             "finetune_node = dfp_ros.nodes.finetune_node:main",
+            "reset_node = dfp_ros.nodes.reset_node:main",
+            "reward_node = dfp_ros.nodes.reward_node:main",
         ],
     },
 )

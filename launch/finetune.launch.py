@@ -1,15 +1,23 @@
 """On-robot fine-tuning: `ros2 launch dfp_ros finetune.launch.py checkpoint:=RUN/checkpoints/last
-[model:=RUN/model.onnx] [sim:=true|false] [dataset:=DATASET] [output:=DIR] [namespace:=...]`.
+[model:=RUN/model.onnx] [sim:=true|false] [dataset:=DATASET] [output:=DIR] [namespace:=...]
+[reward:=sim|detector reward_model:=REWARD/reward.onnx]`.
 
 Starts the learner (finetune_node). With sim:=true (default) also the simulated robot (lock-step)
 and the policy node running `model` (the export of `checkpoint`, with its critic), so the policy
 improves while it runs. With sim:=false, start only the learner next to a running robot + policy.
+
+reward:=detector: the learner's rewards come from a learned success detector (reward_node running
+`reward_model`, `dfp train-reward`) on the cameras instead of the simulator's own: the simulator also
+renders its cameras and publishes its rewards on sim/reward (nobody reads them but a person comparing),
+the learner sums the detector's rewards per step, and both read `reward_config` on top of `config`. With
+sim:=true the simulator still ends the episodes, so the detector's success/timeout events go to
+`detector_events` (default reward_node/episode; with sim:=false the detector ends the episodes: episode).
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -20,6 +28,11 @@ def generate_launch_description() -> LaunchDescription:
     config = LaunchConfiguration("config")
     sim = LaunchConfiguration("sim")
     namespace = LaunchConfiguration("namespace")
+    reward = LaunchConfiguration("reward")
+    detector = PythonExpression(["'", reward, "' == 'detector'"])
+    # The reward parameter file where the detector runs; otherwise `config` again (a second read changes nothing).
+    reward_params = PythonExpression(["'", LaunchConfiguration("reward_config"), "' if ", detector, " else '",
+                                      config, "'"])
     return LaunchDescription([
         DeclareLaunchArgument("checkpoint", description="`dfp train --critic` checkpoint folder to start from"),
         DeclareLaunchArgument("model", default_value="",
@@ -30,15 +43,36 @@ def generate_launch_description() -> LaunchDescription:
                               description="parameter file for the learner (and the sim + policy nodes)"),
         DeclareLaunchArgument("sim", default_value="true", description="also run the simulated robot + policy"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the robot's nodes"),
+        DeclareLaunchArgument("reward", default_value="sim", choices=["sim", "detector"],
+                              description="the learner's rewards: the simulator's (or the robot's) own, or a "
+                                          "learned success detector on the cameras (reward_node)"),
+        DeclareLaunchArgument("reward_model", default_value="",
+                              description="reward:=detector: the reward model (dfp train-reward's reward.onnx)"),
+        DeclareLaunchArgument("reward_config", default_value=PathJoinSubstitution([share, "config", "reward.yaml"]),
+                              description="reward:=detector: parameters of reward_node, the simulator's cameras and "
+                                          "the learner's reward_mode"),
+        DeclareLaunchArgument("detector_events", default_value=PythonExpression(
+                                  ["'reward_node/episode' if '", sim, "' == 'true' else 'episode'"]),
+                              description="reward:=detector: where reward_node publishes success/timeout"),
         Node(package="dfp_ros", executable="finetune_node", name="finetune_node", output="screen",
-             parameters=[config, {"init_checkpoint": LaunchConfiguration("checkpoint"),
-                                  "dataset_root": LaunchConfiguration("dataset"),
-                                  "output_dir": LaunchConfiguration("output"),
-                                  # A simulator may be held while the learner catches up; a real robot never is.
-                                  "pace_robot": ParameterValue(sim, value_type=bool)}]),
+             parameters=[config, reward_params, {"init_checkpoint": LaunchConfiguration("checkpoint"),
+                                                 "dataset_root": LaunchConfiguration("dataset"),
+                                                 "output_dir": LaunchConfiguration("output"),
+                                                 # A simulator may be held while the learner catches up; a real
+                                                 # robot never is.
+                                                 "pace_robot": ParameterValue(sim, value_type=bool)}]),
         Node(package="dfp_ros", executable="sim_robot_node", name="sim_robot_node", namespace=namespace,
-             parameters=[config], condition=IfCondition(sim), output="screen"),
+             parameters=[config, reward_params], condition=IfCondition(sim), output="screen",
+             # The detector's rewards replace the simulator's on `reward`.
+             remappings=[("reward", PythonExpression(["'sim/reward' if ", detector, " else 'reward'"]))]),
         Node(package="dfp_ros", executable="policy_node", name="policy_node", namespace=namespace,
              parameters=[config, {"model_path": LaunchConfiguration("model")}], condition=IfCondition(sim),
              output="screen"),
+        Node(package="dfp_ros", executable="reward_node", name="reward_node", namespace=namespace,
+             parameters=[LaunchConfiguration("reward_config"),
+                         {"model_path": LaunchConfiguration("reward_model"),
+                          "event_topic": LaunchConfiguration("detector_events"),
+                          # The simulator stamps its frames with simulated time (/clock) in lock-step.
+                          "use_sim_time": ParameterValue(sim, value_type=bool)}],
+             condition=IfCondition(detector), output="screen"),
     ])

@@ -12,9 +12,12 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -30,11 +33,14 @@ from dfp_ros.contracts import (
     OUTPUT_ACTIONS,
     OUTPUT_BEST,
     OUTPUT_Q,
+    CameraSpec,
     ContractError,
     ModelMetadata,
+    RewardModelMetadata,
     image_input_name,
 )
 from dfp_ros.learning.model import DFPModel
+from dfp_ros.learning.networks import ObservationEncoder
 from dfp_ros.runtime.acceptance import FLOAT32_TOLERANCE, INT8_TOLERANCE, AcceptanceTest, action_error
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 
@@ -47,6 +53,10 @@ ACCEPTANCE_BATCH = 2  # observations stored in the model's acceptance test (with
 # half-range on an AVX2-only CPU where a VNNI CPU gave 0.003). 7-bit weights (`reduce_range`) keep every
 # pair below 2*255*64 = 32640: exact integer sums on every CPU. Per-channel scales win back the bit.
 INT8_QUANTISATION = {"reduce_range": True, "per_channel": True}
+
+
+MetadataT = TypeVar("MetadataT", ModelMetadata, RewardModelMetadata)
+RuntimeT = TypeVar("RuntimeT")
 
 
 class ExportError(ContractError):
@@ -75,16 +85,53 @@ class _ExportGraph(nn.Module):
         return actions, q, best.unflatten(-1, (m.meta.horizon, m.meta.action_dim))
 
 
+def observation_examples(encoder: ObservationEncoder, cameras: list[CameraSpec], batch: int,
+                         rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`state` around the data mean and random `image.<camera>` frames for `batch` observations."""
+    mean, std = encoder.state_mean.cpu().numpy(), encoder.state_std.cpu().numpy()
+    feeds = {INPUT_STATE: (mean + std * rng.standard_normal((batch, mean.size))).astype(np.float32)}
+    for cam in cameras:
+        feeds[image_input_name(cam.name)] = rng.integers(0, 256, (batch, cam.height, cam.width, 3), np.uint8)
+    return feeds
+
+
 def example_inputs(model: DFPModel, batch: int, num_samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible inputs for tracing and parity: states around the data mean, random images and noise."""
     rng = np.random.default_rng(seed)
-    enc = model.actor.encoder
-    mean, std = enc.state_mean.cpu().numpy(), enc.state_std.cpu().numpy()
-    feeds = {INPUT_STATE: (mean + std * rng.standard_normal((batch, mean.size))).astype(np.float32)}
-    for cam in model.meta.cameras:
-        feeds[image_input_name(cam.name)] = rng.integers(0, 256, (batch, cam.height, cam.width, 3), np.uint8)
+    feeds = observation_examples(model.actor.encoder, model.meta.cameras, batch, rng)
     feeds[INPUT_NOISE] = rng.standard_normal((batch, num_samples, model.meta.noise_dim)).astype(np.float32)
     return feeds
+
+
+def trace_to_onnx(graph: nn.Module, feeds: dict[str, np.ndarray], outputs: list[str],
+                  dynamic: dict[str, dict[int, str]], path: Path) -> None:
+    """Trace `graph` on `feeds` (in order: its inputs) into an ONNX file at `path`."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(graph, tuple(torch.from_numpy(v) for v in feeds.values()), str(path),
+                          input_names=list(feeds), output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=OPSET, dynamo=False)
+
+
+@contextmanager
+def checked_file(tmp: Path, path: Path) -> Iterator[None]:
+    """The checks of a model written at `tmp`: it becomes `path` when they pass, and is deleted when one
+    raises, so a failed export leaves no file behind."""
+    try:
+        yield
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def loader_check(load: Callable[..., RuntimeT], tmp: Path, path: Path) -> RuntimeT:
+    """Open `tmp` with the runtime loader the robot runs (contract check, acceptance test) on the CPU;
+    its refusal as an ExportError about `path`."""
+    try:
+        return load(tmp, device="cpu")
+    except ContractError as e:
+        raise ExportError(str(e).replace(str(tmp), str(path))) from e
 
 
 def content_hash(proto: onnx.ModelProto) -> str:
@@ -122,17 +169,13 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
         dynamic[OUTPUT_Q] = {0: "batch", 1: "samples"}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(graph, tuple(torch.from_numpy(feeds[n]) for n in names), str(tmp),
-                          input_names=names, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=OPSET, dynamo=False)
+    trace_to_onnx(graph, feeds, outputs, dynamic, tmp)
     meta = replace(model.meta, num_samples=num_samples, has_critic=with_critic,
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     acceptance = acceptance_test(model, graph, num_samples, FLOAT32_TOLERANCE)
     result: dict = {"path": str(path)}
-    try:
-        meta = _stamp(tmp, meta, acceptance)
+    with checked_file(tmp, path):
+        meta = stamp_model(tmp, meta, acceptance)
         result["max_abs_error"] = check_parity(model, graph, tmp, parity_batch, num_samples)
         if weights == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -151,16 +194,9 @@ def export_onnx(model: DFPModel, path: Path | str, *, num_samples: int = 16, wit
                 float_tmp.unlink(missing_ok=True)
             acceptance = replace(acceptance, tolerance=INT8_TOLERANCE)
             # The quantised graph's own run of the acceptance inputs is checked at its first load below.
-            meta = _stamp(tmp, replace(meta, weights="int8"), acceptance)
+            meta = stamp_model(tmp, replace(meta, weights="int8"), acceptance)
             result["int8"] = check_int8_parity(model, graph, tmp, max(parity_batch, 16), num_samples)
-        try:  # the loader's own check, as the robot will run it
-            result["acceptance"] = vars(PolicyRuntime(tmp, device="cpu").acceptance)
-        except ContractError as e:
-            raise ExportError(str(e).replace(str(tmp), str(path))) from e
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+        result["acceptance"] = vars(loader_check(PolicyRuntime, tmp, path).acceptance)
     result["metadata"] = meta.to_dict()
     return result
 
@@ -174,8 +210,9 @@ def acceptance_test(model: DFPModel, graph: _ExportGraph, num_samples: int, tole
     return AcceptanceTest(inputs=feeds, actions=actions, tolerance=tolerance)
 
 
-def _stamp(onnx_path: Path, meta: ModelMetadata, acceptance: AcceptanceTest) -> ModelMetadata:
-    """Write `meta` (with this graph's content hash) and the acceptance test into the file; check it."""
+def stamp_model(onnx_path: Path, meta: MetadataT, acceptance: AcceptanceTest) -> MetadataT:
+    """Write `meta` (with this graph's content hash) and the acceptance test into the file; check it.
+    A policy's or a reward model's metadata alike."""
     proto = onnx.load(str(onnx_path))
     meta = replace(meta, content_hash=content_hash(proto))
     del proto.metadata_props[:]

@@ -93,20 +93,28 @@ def read_acceptance(props: dict[str, str], source: str) -> AcceptanceTest | None
     return None if text is None else AcceptanceTest.from_json(text, source)
 
 
+def stored_inputs_output(test: AcceptanceTest, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                         output: str, source: str) -> np.ndarray:
+    """The model's `output` for the test's stored inputs (a reward model's test stores its reference
+    scores where a policy's stores actions); ContractError when they do not run or the shape differs."""
+    try:
+        values = run(test.inputs)[output]
+    except Exception as e:  # an input the graph does not take: the stored test does not fit this model
+        raise ContractError(f"{source}: its acceptance test does not run ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0][:200]})") from e
+    if values.shape != test.actions.shape:
+        raise ContractError(f"{source}: acceptance test {output} have shape {values.shape}, the reference "
+                            f"{test.actions.shape}")
+    return values
+
+
 def run_acceptance(test: AcceptanceTest, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
                    meta: ModelMetadata, provider: str, source: str) -> AcceptanceResult:
     """Run the stored inputs through `run` (feeds -> outputs by name); raise ContractError when off."""
     if test.actions.shape[-2:] != (meta.horizon, meta.action_dim):
         raise ContractError(f"{source}: its acceptance test holds actions of shape {test.actions.shape}, "
                             f"not [..., {meta.horizon}, {meta.action_dim}]")
-    try:
-        actions = run(test.inputs)[OUTPUT_ACTIONS]
-    except Exception as e:  # an input the graph does not take: the stored test does not fit this model
-        raise ContractError(f"{source}: its acceptance test does not run ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:200]})") from e
-    if actions.shape != test.actions.shape:
-        raise ContractError(f"{source}: acceptance test actions have shape {actions.shape}, the reference "
-                            f"{test.actions.shape}")
+    actions = stored_inputs_output(test, run, OUTPUT_ACTIONS, source)
     result = AcceptanceResult(action_error(actions, test.actions, meta), test.tolerance, provider)
     if not result.passed:
         raise ContractError(

@@ -19,9 +19,11 @@ NODES = {
     "sim_robot_node": "dfp_ros.nodes.sim_robot_node",
     "collect_node": "dfp_ros.nodes.collect_node",
     "finetune_node": "dfp_ros.nodes.finetune_node",
+    "reward_node": "dfp_ros.nodes.reward_node",
     "oracle_teleop_node": "dfp_ros.nodes.oracle_teleop_node",
     "joy_teleop_node": "dfp_ros.nodes.joy_teleop_node",
     "realsense_node": "dfp_ros.nodes.realsense_node",
+    "reset_node": "dfp_ros.nodes.reset_node",
 }
 DOC = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
 HEADER = """# Node parameters
@@ -30,7 +32,8 @@ Generated from the parameter tables in the node modules (`PARAMS`) by
 `python -m dfp_ros.tools.param_docs`; do not edit by hand. "At run time: yes" means a running node
 accepts `ros2 param set`; the others are read at start (declared read-only). Camera models add, per
 camera the model names, `camera.<name>.topic` and `camera.<name>.compressed` (policy_node,
-finetune_node); collect_node takes `camera.<name>.*` for each name in `camera_names`.
+finetune_node; reward_node also `camera.<name>.encoding`, and its topics have no default); collect_node
+takes `camera.<name>.*` for each name in `camera_names`.
 """
 
 
