@@ -42,7 +42,7 @@ EPISODE_ENDS = ("success", "failure", "timeout")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="dataset, run, model, logs")
-    p.add_argument("--demos", type=int, default=100, help="demonstrations collected through the ROS graph")
+    p.add_argument("--demos", type=int, default=150, help="demonstrations collected through the ROS graph")
     p.add_argument("--cameras", type=name_list, default=["front", "wrist"], help="simulated cameras recorded")
     p.add_argument("--image-size", type=int, default=64, help="camera frames (and model input): N x N pixels")
     p.add_argument("--steps", type=int, default=4000, help="training steps")
