@@ -6,8 +6,10 @@ runs end to end: decoding, resizing, bad frames dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import types
 
 import numpy as np
 import pytest
@@ -58,18 +60,28 @@ def _joints(drop_wrist: bool = False) -> JointState:
     return msg
 
 
-def test_camera_model_runs_and_bad_frames_are_dropped_and_counted(image_model, tmp_path):
-    dom = domain_id(offset=71)
+@contextlib.contextmanager
+def _camera_robot(image_model, tmp_path, offset: int, **params):
+    """policy_node on the image model, and a graph publishing its joint states and camera and reading its output."""
     params = {"model_path": str(image_model), "enabled": True, "state_topics": ["/arm/joint_states"],
-              "state_types": ["joint_state"], "camera.front.topic": "/cam/image_raw", "max_obs_age_s": 0.5}
+              "state_types": ["joint_state"], "camera.front.topic": "/cam/image_raw", **params}
+    dom = domain_id(offset=offset)
     with running_node("dfp_ros.nodes.policy_node", params, ros_env(dom), log_dir=tmp_path) as proc, \
             RosGraph(dom) as graph:
-        joints = graph.publisher("/arm/joint_states", JointState)
-        cam = graph.publisher("/cam/image_raw", Image)
-        chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
-        commands = graph.collect("/policy_node/command", Float64MultiArray)
-        diag = graph.collect("/diagnostics", DiagnosticArray)
-        assert graph.wait_matched(joints) and graph.wait_matched(cam)
+        robot = types.SimpleNamespace(
+            proc=proc, graph=graph, joints=graph.publisher("/arm/joint_states", JointState),
+            cam=graph.publisher("/cam/image_raw", Image),
+            chunks=graph.collect("/policy_node/action_chunk", JointTrajectory),
+            commands=graph.collect("/policy_node/command", Float64MultiArray),
+            diag=graph.collect("/diagnostics", DiagnosticArray))
+        assert graph.wait_matched(robot.joints) and graph.wait_matched(robot.cam)
+        yield robot
+
+
+def test_camera_model_runs_and_bad_frames_are_dropped_and_counted(image_model, tmp_path):
+    with _camera_robot(image_model, tmp_path, 71, max_obs_age_s=0.5) as robot:
+        proc, graph, joints, cam = robot.proc, robot.graph, robot.joints, robot.cam
+        chunks, commands, diag = robot.chunks, robot.commands, robot.diag
 
         def feed(seconds: float, image: Image, joint_msg: JointState) -> None:
             end = time.monotonic() + seconds
@@ -111,18 +123,9 @@ def test_camera_model_runs_and_bad_frames_are_dropped_and_counted(image_model, t
 
 def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_stop_it(image_model, tmp_path):
     """Joint states alone never make a command for a camera model; frames that stop make the watchdog stop it."""
-    dom = domain_id(offset=76)
-    params = {"model_path": str(image_model), "enabled": True, "state_topics": ["/arm/joint_states"],
-              "state_types": ["joint_state"], "camera.front.topic": "/cam/image_raw", "max_obs_age_s": 0.3,
-              "watchdog_action": "stop"}
-    with running_node("dfp_ros.nodes.policy_node", params, ros_env(dom), log_dir=tmp_path) as proc, \
-            RosGraph(dom) as graph:
-        joints = graph.publisher("/arm/joint_states", JointState)
-        cam = graph.publisher("/cam/image_raw", Image)
-        chunks = graph.collect("/policy_node/action_chunk", JointTrajectory)
-        commands = graph.collect("/policy_node/command", Float64MultiArray)
-        diag = graph.collect("/diagnostics", DiagnosticArray)
-        assert graph.wait_matched(joints) and graph.wait_matched(cam)
+    with _camera_robot(image_model, tmp_path, 76, max_obs_age_s=0.3, watchdog_action="stop") as robot:
+        proc, graph, joints, cam = robot.proc, robot.graph, robot.joints, robot.cam
+        chunks, commands, diag = robot.chunks, robot.commands, robot.diag
         image, joint_msg = _image("rgb8"), _joints()
 
         def feed(seconds: float, with_frames: bool) -> None:

@@ -16,7 +16,7 @@ pytest.importorskip("torch", reason="the learner needs torch (training profile)"
 
 from diagnostic_msgs.msg import DiagnosticArray
 from ros_graph import RosGraph, domain_id, ros_env, start_node, stop
-from test_finetune_node import finetune_params
+from test_finetune_node import _diag, finetune_params
 
 from dfp_ros import contracts
 
@@ -46,14 +46,6 @@ def _two_camera_checkpoint(folder):
     save_checkpoint(folder / "ckpt", model, {"step": 0})
     export_onnx(model, folder / "model.onnx", num_samples=4, with_critic=True)
     return folder / "ckpt", folder / "model.onnx"
-
-
-def _diag(diag, suffix: str) -> dict[str, str]:
-    for msg in reversed(diag.messages):
-        for st in msg.status:
-            if st.hardware_id.endswith(suffix):
-                return {kv.key: kv.value for kv in st.values}
-    return {}
 
 
 def test_simulator_joint_states_and_two_cameras_are_joined_by_stamp_in_the_learner(tmp_path):
