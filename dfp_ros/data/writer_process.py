@@ -254,8 +254,11 @@ class ProcessWriter:
         """Finish the queue, finalize, and stop the process; True when it ended in time (stats are final)."""
         self._send("finalize", None)
         self._conn.close()
+        t0 = time.monotonic()
         ended = self._final.wait(timeout)
-        self._proc.join(timeout=5.0 if ended else 0.1)
+        # Its work is done; a busy machine can still take seconds to tear the process down (codec threads).
+        left = 5.0 if timeout is None else max(5.0, timeout - (time.monotonic() - t0))
+        self._proc.join(timeout=left if ended else 0.1)
         self._reader.join(timeout=1.0)
         self._results.close()
         self._unlink_ring()
