@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
     bsub = b.add_subparsers(dest="bench", required=True,
-                            metavar="{train,latency,finetune,ablation,realtime,vision,data}")
+                            metavar="{train,latency,finetune,hil,ablation,realtime,vision,data}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bf = bsub.add_parser("finetune", help="weak BC policy -> on-robot fine-tuning through the ROS graph; "
                                           "success before/after over >= 50 seeded episodes",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bh = bsub.add_parser("hil", help="human-in-the-loop RL session, unattended: weak BC policy -> fine-tuning through "
+                                     "the ROS graph with a scripted operator taking over, vs without; success "
+                                     "before/after, intervention rate over the session",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ba = bsub.add_parser("ablation", help="success rate vs environment steps for BC only, DFP (K=4) and K in "
                                           "{1,2,8} (+ lambda=0), in one process without ROS; CSV + PNG",
@@ -128,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     bd = bsub.add_parser("data", help="camera dataset data path: decode frames/s (cached vs frame by frame), batch "
                                       "sampling vs the training step, start to first step cold and warm",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("ablation", ba), ("realtime", br),
-                         ("vision", bv), ("data", bd)):
+    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("hil", bh), ("ablation", ba),
+                         ("realtime", br), ("vision", bv), ("data", bd)):
         bench_module(name).add_arguments(parser)
 
     cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
@@ -170,6 +174,7 @@ def add_train_reward_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (log.csv)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
@@ -188,7 +193,8 @@ def cmd_train_reward(a: argparse.Namespace) -> int:
     cfg = RewardTrainConfig(dataset=a.dataset, root=a.root, output=a.output, cameras=a.cameras,
                             state_keys=a.state_keys, image_size=tuple(a.image_size), labels=rule,
                             val_fraction=a.val_fraction, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                            image_shift=a.image_shift, eval_every=max(a.eval_every, 1), seed=a.seed, device=a.device)
+                            image_shift=a.image_shift, eval_every=max(a.eval_every, 1), seed=a.seed, device=a.device,
+                            torch_threads=a.threads)
     trainer = RewardTrainer(cfg, progress=not a.no_progress)
     d = trainer.data
     print(f"dfp train-reward: {len(d)} frames, {d.num_episodes} episodes ({len(trainer.train_eps)} training, "
@@ -197,7 +203,8 @@ def cmd_train_reward(a: argparse.Namespace) -> int:
           f"frames); device {trainer.device}")
     res = trainer.run()
     v = res["validation"]
-    print(f"dfp train-reward: {res['steps']} steps in {res['train_seconds']:.1f} s; held-out episodes: precision "
+    print(f"dfp train-reward: {res['steps']} steps in {res['train_seconds']:.1f} s ({res['train_cpu_seconds']:.1f} s "
+          f"CPU); held-out episodes: precision "
           f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f} at threshold {res['threshold']:.3f} "
           f"(average precision {v['average_precision']:.3f}, {v['positives']} success frames of {v['frames']})")
     ex = res["export"]
@@ -285,6 +292,8 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import latency_bench as module
     elif name == "finetune":
         from dfp_ros.tools import finetune_bench as module
+    elif name == "hil":
+        from dfp_ros.tools import hil_bench as module
     elif name == "ablation":
         from dfp_ros.tools import finetune_ablation as module
     elif name == "realtime":

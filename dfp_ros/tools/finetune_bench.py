@@ -18,6 +18,7 @@ import argparse
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="datasets, runs, models, logs")
     add_weak_bc_arguments(p)
     p.add_argument("--minutes", type=float, default=20.0, help="wall time of fine-tuning through the ROS graph")
+    add_graph_arguments(p)
+    p.add_argument("--fresh", action="store_true", help="delete the work folder first")
+
+
+def add_graph_arguments(p: argparse.ArgumentParser) -> None:
+    """The learner and graph settings `learning_graph` reads (shared with `dfp bench hil`)."""
     add_learner_arguments(p)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--lam", type=float, default=0.5, help="weight of the top-K drift term (0: BC on the replay only)")
@@ -50,27 +57,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let the lock-step simulator run ahead of the learner (default: hold the policy while "
                         "the learner is behind --updates-per-step)")
     p.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID; None: 1 + pid %% 100")
-    p.add_argument("--fresh", action="store_true", help="delete the work folder first")
 
 
 def _log(msg: str) -> None:
     print(f"[bench finetune] {msg}", flush=True)
 
 
-def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """sim + policy + learner as separate processes for `a.minutes`; returns what the graph did."""
+def learner_params(out: Path, ckpt: Path, dataset: Path, a: argparse.Namespace,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """finetune_node's parameters from the command line (`add_graph_arguments`); `extra` adds or overrides."""
+    return {"init_checkpoint": str(ckpt), "output_dir": str(out), "dataset_root": str(dataset),
+            "warmup_steps": a.warmup_steps, "updates_per_step": a.updates_per_step, "batch_size": a.batch_size,
+            "top_k": a.top_k, "lam": a.lam, "num_candidates": a.num_candidates, "export_every": a.export_every,
+            "checkpoint_every": a.export_every, "torch_threads": 1, "pace_robot": a.pace, **(extra or {})}
+
+
+def learning_graph(out: Path, logs: Path, ckpt: Path, model: Path, dataset: Path, a: argparse.Namespace, *,
+                   extra_nodes: Mapping[str, Mapping[str, Any]] | None = None,
+                   learner_extra: Mapping[str, Any] | None = None, progress_keys: Sequence[str] = (),
+                   log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """sim + policy + learner (+ `extra_nodes`) as separate processes for `a.minutes`; what the graph did.
+
+    The learner writes into `out` (resuming what is there), node logs are appended in `logs`.
+    `extra_nodes` ({node module in dfp_ros.nodes: parameters}) start after the simulator, before the policy;
+    `learner_extra` is added to (or overrides) finetune_node's parameters; `progress_keys` are finetune_node
+    diagnostics added to each progress line. The result carries every node's last diagnostics too.
+    """
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
     env = graph_env(domain_or_inherited(a.domain))
-    logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    out = work / "finetune"
-    learner = {"init_checkpoint": str(ckpt), "output_dir": str(out), "dataset_root": str(dataset),
-               "warmup_steps": a.warmup_steps, "updates_per_step": a.updates_per_step, "batch_size": a.batch_size,
-               "top_k": a.top_k, "lam": a.lam, "num_candidates": a.num_candidates, "export_every": a.export_every,
-               "checkpoint_every": a.export_every, "torch_threads": 1, "pace_robot": a.pace}
+    learner = learner_params(out, ckpt, dataset, a, learner_extra)
     sim = {"mode": "lockstep", "seed": TRAIN_SEED, "task_id": a.task_id}
     policy = {"model_path": str(model), "enabled": True, "trigger": "observation", "seed": TRAIN_SEED}
     monitor = GraphMonitor("bench_finetune_monitor", env).open()
@@ -105,6 +124,10 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
         start("sim_robot_node", sim)
         while node.count_publishers("/episode") < 1:
             ex.spin_once(timeout_sec=0.1)
+        for name, params in (extra_nodes or {}).items():
+            start(name, dict(params))
+            # The policy starts faster than, say, the operator (it builds a simulator): episodes would run unwatched.
+            _wait_answering(monitor, name, procs[name])
         ex.spin_once(timeout_sec=0.5)
         start("policy_node", policy)
         t_start = time.monotonic()
@@ -119,10 +142,11 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
                 f = diag.get("finetune_node", {})
                 done = [e for e in events if e in EPISODE_ENDS]
                 last = done[-20:]
-                _log(f"{(time.monotonic() - t_start) / 60:.1f} min: episodes {len(done)}, success (last 20) "
-                     f"{last.count('success')}/{len(last)}, env steps {f.get('env_steps', '?')}, updates "
-                     f"{f.get('updates', '?')}, models accepted {f.get('models_accepted', '?')}, critic loss "
-                     f"{f.get('critic_loss', '?')}, control rate {rates[-1] if rates else float('nan'):.0f} Hz")
+                log(f"{(time.monotonic() - t_start) / 60:.1f} min: episodes {len(done)}, success (last 20) "
+                    f"{last.count('success')}/{len(last)}, env steps {f.get('env_steps', '?')}, updates "
+                    f"{f.get('updates', '?')}, models accepted {f.get('models_accepted', '?')}, critic loss "
+                    f"{f.get('critic_loss', '?')}, control rate {rates[-1] if rates else float('nan'):.0f} Hz"
+                    + "".join(f", {k.replace('_', ' ')} {f.get(k, '?')}" for k in progress_keys))
         wall = time.monotonic() - t_start
     finally:
         codes = {n: stop(p, timeout=60.0) for n, p in reversed(list(procs.items()))}
@@ -137,7 +161,27 @@ def _finetune_graph(work: Path, ckpt: Path, model: Path, dataset: Path, a: argpa
             "control_rate_min_hz": min(running) if running else float("nan"),
             "control_rate_median_hz": float(np.median(running)) if running else float("nan"),
             "curve_png": str(out / "learning_curve.png"), "curve_csv": str(out / "learning_curve.csv"),
-            "learner_checkpoint": str(out / "learner")}
+            "learner_checkpoint": str(out / "learner"), "diagnostics": diag}
+
+
+def _wait_answering(monitor: GraphMonitor, name: str, proc: NodeProcess, timeout: float = 120.0) -> None:
+    """Until node `name` answers a parameter request, i.e. it is built and spinning; RuntimeError if it dies or
+    takes longer than `timeout`."""
+    from rcl_interfaces.srv import ListParameters
+
+    client = monitor.node.create_client(ListParameters, f"/{name}/list_parameters")
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if not monitor.spin_until(client.service_is_ready, timeout=1.0):
+                continue
+            answer = client.call_async(ListParameters.Request())
+            if monitor.spin_until(answer.done, timeout=2.0):
+                return
+            client.remove_pending_request(answer)  # sent before the reply path was matched: ask again
+    finally:
+        monitor.node.destroy_client(client)
+    raise RuntimeError(f"{name} did not come up; see {proc.log_path}")
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +196,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     ev_before = evaluate_model(before, a.eval_episodes, a.task_id, a.eval_seed)
     _log(f"      before: success {ev_before['success_rate']:.0%}")
     _log(f"[4/5] fine-tuning through the ROS graph for {a.minutes:g} min (sim lock-step seeds {TRAIN_SEED}..)")
-    graph = _finetune_graph(work, ckpt, before, data, a)
+    graph = learning_graph(work / "finetune", work / "logs", ckpt, before, data, a)
     _log(f"      {graph['episodes']} episodes, {graph['env_steps']} env steps, {graph['updates']} updates, "
          f"{graph['models_accepted']} models swapped in")
     after = export_model(Path(graph["learner_checkpoint"]), work / "after.onnx", a.num_candidates)
