@@ -24,3 +24,17 @@ def test_history_is_bounded_by_time_and_keeps_the_newest_before_the_window():
     assert buf.newest_at(390 * MS) == (390 * MS, 39)  # the window's start stays answerable
     assert buf.newest_at(370 * MS) is None  # older ones are gone: memory does not grow with the stream
     assert buf.newest_time() == 490 * MS
+
+
+def test_a_stalled_recorder_waits_for_the_streams_it_needs_instead_of_timing_out_on_the_wall_clock():
+    from dfp_ros.data.stream_sampling import TriggerQueue
+
+    q = TriggerQueue(settle_s=0.02, timeout_s=1.0)
+    q.push(100 * MS, "action", "a")
+    q.push(150 * MS, "event", "success")
+    not_seen = lambda t, kind: kind != "action"  # noqa: E731  the state after the command is still queued
+    # Woken 11 s later with the streams handled only up to 120 ms: the command waits, the event behind it too.
+    assert q.pop_ready(11_000 * MS, ready=not_seen, stream_now_ns=120 * MS) == []
+    # A stream that stopped while the others went on for the timeout: the command goes, then the event.
+    assert q.pop_ready(11_000 * MS, ready=not_seen, stream_now_ns=1_200 * MS) == [
+        (100 * MS, "action", "a"), (150 * MS, "event", "success")]

@@ -141,7 +141,8 @@ class RecordingSession:
         def ready(t: int, kind: str) -> bool:
             return kind != "action" or self.sampler.seen_after(t)
 
-        for t, kind, payload in self.triggers.pop_ready(self.clock(), flush=flush, ready=ready):
+        for t, kind, payload in self.triggers.pop_ready(self.clock(), flush=flush, ready=ready,
+                                                        stream_now_ns=self.sampler.newest_time()):
             if kind == "event":
                 ops, why = self.control.on_event(payload, self.auto)
                 self._apply(ops, f"/episode {payload}: {why}")

@@ -89,6 +89,10 @@ class FrameSampler:
         self._buffers[stream].add(t_ns, value)
         self.received[stream] += 1
 
+    def newest_time(self) -> int:
+        """The newest message time handled on any stream (-1 before the first)."""
+        return max((b.newest_time() for b in self._buffers.values()), default=-1)
+
     def seen_after(self, t_ns: int) -> bool:
         """Whether every stream has a message newer than t_ns (so none older can still arrive)."""
         return all(b.newest_time() > t_ns for b in self._buffers.values())
@@ -124,8 +128,11 @@ class TriggerQueue:
     published (and a busy process handles them late). So triggers are sorted by source time and the
     oldest is handled only when `ready(t, kind)` says every stream it needs has been seen past its
     time - per topic, DDS delivers in order, so then nothing older can still come - or, failing that,
-    once it is `timeout_s` old (a stream that stopped: the frame is then judged missing or stale). At
-    least `settle_s` always passes, so an episode's end event cannot overtake its last command.
+    once `timeout_s` of stream time has passed it (a stream that stopped while the others went on: the frame
+    is then judged missing or stale). Stream time, not the wall clock: a process that stalled for seconds
+    wakes with its messages still queued in DDS, and the wall clock would pop every waiting trigger before
+    the messages it needs are handled. At least `settle_s` always passes, so an episode's end event cannot
+    overtake its last command.
     """
 
     def __init__(self, settle_s: float, timeout_s: float = 1.0) -> None:
@@ -133,22 +140,26 @@ class TriggerQueue:
         self.timeout_ns = int(max(timeout_s, settle_s) * 1e9)
         self._items: list[tuple[int, int, str, Any]] = []
         self._seq = 0
+        self._newest = -1
 
     def push(self, t_ns: int, kind: str, payload: Any = None) -> None:
+        self._newest = max(self._newest, int(t_ns))
         self._seq += 1
         self._items.append((int(t_ns), self._seq, kind, payload))
         self._items.sort()
 
-    def pop_ready(self, now_ns: int, flush: bool = False,
-                  ready: Callable[[int, str], bool] | None = None) -> list[tuple[int, str, Any]]:
+    def pop_ready(self, now_ns: int, flush: bool = False, ready: Callable[[int, str], bool] | None = None,
+                  stream_now_ns: int | None = None) -> list[tuple[int, str, Any]]:
+        """Triggers ready at wall-clock `now_ns`; `stream_now_ns`: the newest message time handled on the
+        streams (None: the wall clock stands in, as for a caller without streams)."""
+        progress = now_ns if stream_now_ns is None else max(stream_now_ns, self._newest)
         out = []
         while self._items:
             t, _, kind, payload = self._items[0]
             if not flush:
-                age = now_ns - t
-                if age < self.settle_ns:
+                if now_ns - t < self.settle_ns:
                     break
-                if ready is not None and age < self.timeout_ns and not ready(t, kind):
+                if ready is not None and progress - t < self.timeout_ns and not ready(t, kind):
                     break
             self._items.pop(0)
             out.append((t, kind, payload))
