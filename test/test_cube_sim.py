@@ -333,3 +333,22 @@ def test_evaluate_executes_whole_chunks() -> None:
 def test_evaluate_rejects_bad_chunks() -> None:
     with pytest.raises(ValueError, match=r"\[H, 5\]"):
         evaluate(lambda s: np.zeros((5, 4)), episodes=1)
+
+
+@pytest.mark.parametrize("cue", [False, True])
+def test_a_placed_cube_keeps_its_colour_unless_the_benchmark_cue_is_asked_for(cue: bool) -> None:
+    with CubeSim(task_id=1, seed=0, success_cue=cue) as sim:
+        u = sim.env.unwrapped
+        geoms = u._cube_geom_ids_list[0]
+        state = sim.reset(seed=100)
+        oracle = sim.oracle(seed=0)
+        oracle.reset(state, sim.info)
+        base = [u._model.geom(g).rgba[:3].copy() for g in geoms]
+        success = False
+        while not success:
+            state, _, terminated, truncated, info = sim.step(oracle.select_action(state, sim.info))
+            success = info["success"]
+            assert success or not (terminated or truncated), "the oracle did not place the cube"
+        now = [u._model.geom(g).rgba[:3] for g in geoms]
+        changed = any(not np.allclose(a, b) for a, b in zip(now, base, strict=True))
+        assert changed == cue  # OGBench lightens a placed cube; our default scene does not

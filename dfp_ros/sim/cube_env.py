@@ -151,6 +151,7 @@ class CubeSim:
         render: bool = False,
         image_size: int = 96,
         render_quality: str = "fast",
+        success_cue: bool = False,
     ) -> None:
         if not env_name.startswith("cube-"):
             # Visual variants observe pixels instead of state, and other scenes have other layouts.
@@ -168,6 +169,9 @@ class CubeSim:
         if render_quality not in RENDER_QUALITIES:
             raise ValueError(f"render_quality must be one of {RENDER_QUALITIES}, got {render_quality!r}")
         self.render_quality = render_quality
+        # OGBench lightens a cube placed on its target: a cue no real scene has, and one a learned success
+        # detector would read instead of the cube's pose. Off unless asked for.
+        self.success_cue = bool(success_cue)
         self.env_name = env_name
         self.task_id = int(task_id)
         self.env_id = single_task_env_id(env_name, task_id)
@@ -306,6 +310,7 @@ class CubeSim:
         # The policy may overshoot [-1, 1]; a real controller saturates, so clip like OGBench's scripts.
         a = np.clip(a, self._action_low, self._action_high)
         obs, reward, terminated, truncated, info = self._env.step(a.astype(np.float64))
+        self._hide_success_cue()
         info["success"] = bool(info.get("success", False))
         self._info = info
         self._step_count += 1
@@ -319,6 +324,7 @@ class CubeSim:
         takes the arm home before `reset(keep_arm=True)`."""
         a = np.clip(self.check_action(action), self._action_low, self._action_high)
         obs, *_, info = self._u.step(a.astype(np.float64))  # the env itself: no TimeLimit count
+        self._hide_success_cue()
         self._info = info
         return np.asarray(obs, dtype=np.float32)
 
@@ -407,6 +413,14 @@ class CubeSim:
         self.close()
 
     # --- helpers ----------------------------------------------------------------------------
+    def _hide_success_cue(self) -> None:
+        if self.success_cue:
+            return
+        u = self._u
+        for i, geoms in enumerate(u._cube_geom_ids_list):
+            for gid in geoms:
+                u._model.geom(gid).rgba[:3] = u._cube_colors[i, :3]
+
     def _place_wrist_camera(self, scene: mujoco.MjvScene) -> None:
         # A free camera cannot roll with the wrist, so the scene's eye is set directly instead.
         data = self._u.data
