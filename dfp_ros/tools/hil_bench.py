@@ -108,12 +108,13 @@ def plot_curves(curves: dict[str, list[dict[str, str]]], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    labels = {WITH: "success rate, operator taking over", WITHOUT: "success rate, no operator"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels = {WITH: ("success rate, operator taking over", "tab:blue"),
+              WITHOUT: ("success rate, no operator", "tab:orange")}
     for arm, rows in curves.items():
         if rows:
             ax.plot(range(1, len(rows) + 1), _rolling_mean([float(r["success"]) for r in rows], CURVE_WINDOW), lw=1.2,
-                    label=labels[arm])
+                    label=labels[arm][0], color=labels[arm][1])
     rows = curves.get(WITH, [])
     rates = [float(r.get("intervention_rate") or 0.0) for r in rows]
     if rates:
@@ -127,7 +128,7 @@ def plot_curves(curves: dict[str, list[dict[str, str]]], png: Path) -> None:
     ax.set_ylabel(f"rate (last {CURVE_WINDOW} episodes)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)  # below: the lines fill the box
     ax.set_title("human-in-the-loop session on the simulator", fontsize=10)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
