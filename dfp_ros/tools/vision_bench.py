@@ -111,9 +111,8 @@ def collect_params(root: Path, cameras: list[str], image_size: int, demos: int) 
         "max_episodes": demos, "task": "pick the cube and place it on the target", "keyboard": False,
         "state_topics": [contracts.TOPIC_JOINT_STATES], "state_types": ["joint_state"], "joint_names": joints,
         "state_qos": "latched", "camera_names": cameras, "camera_qos": "reliable",
-        # Lock-step: a state stays current until the next command, however long the teleop takes. Commands and
-        # episode events are put in stamp order after settle_s: generous, as a busy machine delivers late.
-        "max_age_s": 30.0, "settle_s": 1.0, "start_on_first_command": True, "progress_period_s": 10.0,
+        # Lock-step: a state stays current until the next command, however long the teleop takes.
+        "max_age_s": 30.0, "start_on_first_command": True, "progress_period_s": 10.0,
     }
     for camera in cameras:
         params.update({f"camera.{camera}.topic": contracts.sim_camera_topic(camera),
