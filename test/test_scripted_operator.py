@@ -156,7 +156,9 @@ def test_oracle_operator_takes_over_from_a_useless_policy_and_the_episode_succee
         engaged = g.collect(contracts.TOPIC_TELEOP_ENGAGED, Bool)
         assert policy.wait_for_log("ready:", 90.0), policy.log()
         assert oracle.wait_for_log("subscriber(s) on the commands: acting", 60.0), oracle.log()
-        sim_params = {"mode": "lockstep", "seed": 2, "max_episodes": 1}  # it ends itself after the episode
+        # It ends itself after the episode; it starts once the policy and the operator both see its states
+        # (a lock-step episode lasts well under a second: an operator still being discovered would miss it).
+        sim_params = {"mode": "lockstep", "seed": 2, "max_episodes": 1, "wait_for_subscribers": 2}
         with running_node("dfp_ros.nodes.sim_robot_node", sim_params, env, log_dir=tmp_path) as sim:
             assert g.spin_until(lambda: sim.poll() is not None, 120.0), f"{sim.log()}\n{oracle.log()}"
             g.spin_for(0.3)

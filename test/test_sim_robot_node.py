@@ -335,3 +335,23 @@ def test_an_unknown_camera_is_refused_at_start_in_one_line(log_dir) -> None:
     log = proc.log()
     assert rc == CONFIG_ERROR_EXIT, log
     assert "cameras ['front', 'side'] must name each of ('front', 'wrist')" in log and "Traceback" not in log, log
+
+
+def test_wait_for_subscribers_holds_the_first_episode_until_enough_nodes_listen(log_dir) -> None:
+    """With wait_for_subscribers 2, one listener on /sim/state gets nothing; a second one starts the first
+    episode and both get its first observation (a lock-step participant discovered late misses no step)."""
+    dom = domain_id(4)
+    proc = start_node(MODULE, {"mode": "lockstep", "wait_for_subscribers": 2}, ros_env(dom), log_dir=log_dir)
+    try:
+        with RosGraph(dom) as g:
+            first = g.collect(contracts.TOPIC_SIM_STATE, Float32MultiArray, latched_qos(100))
+            episode = g.collect(contracts.TOPIC_EPISODE, String)
+            assert g.spin_until(lambda: "waiting for 2 subscriber(s)" in proc.log(), STARTUP_S), proc.log()
+            g.spin_for(1.5)
+            assert first.count == 0 and episode.count == 0, proc.log()
+            second = g.collect(contracts.TOPIC_SIM_STATE, Float32MultiArray, latched_qos(100))
+            assert g.spin_until(lambda: first.count and second.count, 10.0), proc.log()
+            assert [m.data for m in episode.messages] == ["start"] and "episode 1 start" in proc.log()
+            assert list(first.messages[0].data) == list(second.messages[0].data)
+    finally:
+        stop(proc)

@@ -37,6 +37,13 @@ from dfp_ros.runtime.observation import (
 
 __all__ = ["ObservationError", "command_values", "values_by_name"]
 
+
+def message_array(values: np.ndarray, typecode: str = "d") -> array.array:
+    """`values` as the array.array a float message field takes ("d" float64, "f" float32): built from
+    bytes, it passes the message's type check at once; a list is checked element by element."""
+    dtype = {"d": np.float64, "f": np.float32}[typecode]
+    return array.array(typecode, np.ascontiguousarray(values, dtype).tobytes())
+
 # --- QoS ---------------------------------------------------------------------------------------------
 # Latched: a late joiner gets the last message (model updates, state names).
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
@@ -112,8 +119,7 @@ class ChunkMessage:
         set_stamp(self.msg.header.stamp, stamp)
         rows = np.ascontiguousarray(chunk, np.float64)
         for point, action in zip(self.msg.points, rows, strict=True):
-            # array('d') passes the message's type check at once; a list is checked element by element.
-            point.positions = array.array("d", action.tobytes())
+            point.positions = message_array(action)
         return self.msg
 
 
@@ -134,7 +140,7 @@ class CommandMessage:
             self.msg = JointState(name=list(action_names))
 
     def fill(self, action: np.ndarray, stamp: int) -> Any:
-        values = array.array("d", np.ascontiguousarray(action, np.float64).tobytes())
+        values = message_array(action)
         if self.type == "float64_array":
             self.msg.data = values
             return self.msg
@@ -157,7 +163,7 @@ class ExecutedMessage:
     def fill(self, command: np.ndarray, stamp: int, source: str) -> JointTrajectory:
         set_stamp(self.msg.header.stamp, stamp)
         self.msg.header.frame_id = source
-        self.msg.points[0].positions = array.array("d", np.ascontiguousarray(command, np.float64).tobytes())
+        self.msg.points[0].positions = message_array(command)
         return self.msg
 
 
@@ -228,6 +234,5 @@ def image_message(pixels: np.ndarray, encoding: str, frame_id: str, stamp: int) 
                 step=int(pixels.strides[0]) if pixels.flags.c_contiguous else pixels[0].nbytes)
     msg.header.frame_id = frame_id
     set_stamp(msg.header.stamp, stamp)
-    # bytes -> array('B'): the message's type check passes at once, not element by element.
-    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
+    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())  # raw bytes, whatever the encoding
     return msg

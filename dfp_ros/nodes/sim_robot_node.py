@@ -56,7 +56,6 @@ the node logs "episodes N, successes K, success rate X" and exits 0.
 
 from __future__ import annotations
 
-import array
 import json
 import sys
 import time
@@ -113,6 +112,9 @@ PARAMS: list[Param] = [
     Param("lockstep_republish_s", 1.0, "lockstep: republish the current observation (same stamp) after this long "
                                        "without a command, so a policy that missed one cannot deadlock; 0 = never",
           low=0.0),
+    Param("wait_for_subscribers", 0, "publish the first observation only once this many nodes subscribe to "
+                                     f"{contracts.TOPIC_SIM_STATE}: every participant of a lock-step rehearsal "
+                                     "(an operator, a recorder) sees the first episode from its first step", low=0),
 ]
 
 # Lock-step observations: latched, but a reliable KEEP_LAST writer drops a step a passive reader (the
@@ -129,15 +131,6 @@ _LOCKSTEP_IMAGES = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 _COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 _WARN_THROTTLE_S = 2.0
-
-
-def _floats32(values: np.ndarray) -> array.array:
-    # Message float arrays are array.array; building one from bytes skips per-element type checks.
-    return array.array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
-
-
-def _floats64(values: np.ndarray) -> array.array:
-    return array.array("d", np.ascontiguousarray(values, dtype=np.float64).tobytes())
 
 
 class SimRobotNode(Node):
@@ -229,11 +222,21 @@ class SimRobotNode(Node):
             self.get_logger().info("waiting for the first command before stepping")
         if self.pub_clock is not None:  # sim time starts at 0, latched for nodes that start later
             self.pub_clock.publish(ClockMsg(clock=self._stamp().to_msg()))
-        self._start_episode(self.sim.reset())
+        self._wait_for = p["wait_for_subscribers"]
+        if self._wait_for:
+            self.get_logger().info(f"waiting for {self._wait_for} subscriber(s) on {contracts.TOPIC_SIM_STATE}")
+            self._wait_timer = self.create_timer(0.05, self._start_when_subscribed, clock=steady)
+        else:
+            self._start_episode(self.sim.reset())
+
+    def _start_when_subscribed(self) -> None:
+        if self.pub_state.get_subscription_count() >= self._wait_for:
+            self._wait_timer.cancel()
+            self._start_episode(self.sim.reset())
 
     # --- commands -------------------------------------------------------------------------------
     def _on_command(self, msg: Any) -> None:
-        if self.finished:
+        if self.finished or self._last_obs is None:  # nothing to answer yet (waiting for subscribers)
             return
         try:
             action = self.sim.check_action(ros_io.command_values(msg, self.action_names))
@@ -349,14 +352,14 @@ class SimRobotNode(Node):
         js = JointState()
         js.header.stamp = stamp_msg
         js.name = self.joint_names
-        js.position = _floats64(self.sim.joint_positions())
+        js.position = ros_io.message_array(self.sim.joint_positions())
         info = self.sim.info
         if "proprio/joint_vel" in info and "proprio/gripper_vel" in info:
             # OGBench's gripper velocity is that of the same driver joint we publish as the last joint.
-            js.velocity = _floats64(np.concatenate([info["proprio/joint_vel"], info["proprio/gripper_vel"]]))
+            js.velocity = ros_io.message_array(np.concatenate([info["proprio/joint_vel"], info["proprio/gripper_vel"]]))
         msg = Float32MultiArray()
         msg.layout.dim = [MultiArrayDimension(label="state", size=int(state.shape[0]), stride=int(state.shape[0]))]
-        msg.data = _floats32(state)
+        msg.data = ros_io.message_array(state, "f")
         self.pub_state.publish(msg)
         self.pub_joints.publish(js)
 
