@@ -169,6 +169,24 @@ def test_two_causal_chunks_on_one_observation_are_ambiguous_and_dropped():
     assert rec.dropped["ambiguous_chunk"] == 2 and rec.chunks == 3
 
 
+def test_a_still_robot_whose_rewards_carry_the_observations_stamp_still_steps():
+    """Rewards stamped with the observation each step led to (as an in-process robot stamps them): a robot
+    holding perfectly still sends equal observations, each after a step's reward, so none is a re-publication."""
+    j = TransitionJoiner(1)
+    j.add_event("start", 0)
+    j.add_observation(0, np.zeros(2, np.float32))
+    for t in range(1, 5):
+        j.add_chunk((t - 1) * DT, np.zeros((1, 1), np.float32))
+        j.add_reward(t * DT, -1.0)
+        j.add_observation(t * DT, np.zeros(2, np.float32))  # the same state: the arm did not move
+    j.add_chunk(4 * DT, np.zeros((1, 1), np.float32))
+    j.add_reward(5 * DT, 0.0)
+    j.add_event("success", 5 * DT)
+    (rec,) = j.flush()
+    assert j.republished == 0 and rec.steps == 5 and rec.dropped == {}, rec.dropped
+    assert [tr.rewards.tolist() for tr in rec.transitions] == [[-1.0]] * 4 + [[0.0]]
+
+
 def test_a_republished_observation_is_not_a_step():
     j = TransitionJoiner(H)
     j.add_event("start", 0)

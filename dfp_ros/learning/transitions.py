@@ -346,7 +346,9 @@ class TransitionJoiner:
         keep = [stamps[0]]
         for s in stamps[1:]:
             prev = keep[-1]
-            rewarded = np.searchsorted(reward_times, s, "left") > np.searchsorted(reward_times, prev, "right")
+            # A step's reward is stamped in (prev, s], as the join below counts it (a robot that stamps the
+            # reward with the observation it led to, and holds perfectly still, still stepped).
+            rewarded = np.searchsorted(reward_times, s, "right") > np.searchsorted(reward_times, prev, "right")
             if not rewarded and self._same_observation(s, prev):
                 self.republished += 1
                 continue
