@@ -9,9 +9,9 @@ improves while it runs. With sim:=false, start only the learner next to a runnin
 reward:=detector: the learner's rewards come from a learned success detector (reward_node running
 `reward_model`, `dfp train-reward`) on the cameras instead of the simulator's own: the simulator also
 renders its cameras and publishes its rewards on sim/reward (nobody reads them but a person comparing),
-the learner sums the detector's rewards per step, and both read `reward_config` on top of `config`. With
-sim:=true the simulator still ends the episodes, so the detector's success/timeout events go to
-`detector_events` (default reward_node/episode; with sim:=false the detector ends the episodes: episode).
+the learner sums the detector's rewards per step, and both read `reward_config` on top of `config`. The
+detector's success events end the episodes on `detector_events` (default episode): reward.yaml sets the
+simulator's success_ends_episode false, so its own success ends nothing (it logs it as the true outcome).
 """
 
 from launch import LaunchDescription
@@ -51,9 +51,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("reward_config", default_value=PathJoinSubstitution([share, "config", "reward.yaml"]),
                               description="reward:=detector: parameters of reward_node, the simulator's cameras and "
                                           "the learner's reward_mode"),
-        DeclareLaunchArgument("detector_events", default_value=PythonExpression(
-                                  ["'reward_node/episode' if '", sim, "' == 'true' else 'episode'"]),
-                              description="reward:=detector: where reward_node publishes success/timeout"),
+        DeclareLaunchArgument("detector_events", default_value="episode",
+                              description="reward:=detector: where reward_node publishes success/timeout "
+                                          "(episode: they end the episodes)"),
         Node(package="dfp_ros", executable="finetune_node", name="finetune_node", output="screen",
              parameters=[config, reward_params, {"init_checkpoint": LaunchConfiguration("checkpoint"),
                                                  "dataset_root": LaunchConfiguration("dataset"),

@@ -53,3 +53,24 @@ def zero_action_model(src: Path, dst: Path) -> None:
         if p.key == ACCEPTANCE_KEY:
             p.value = zeros(p.value)
     onnx.save(proto, str(dst))
+
+
+def constant_reward_model(path: Path, cameras: list[str], size: int, logit: float) -> Path:
+    """A success detector on `cameras` (size x size frames) whose score is sigmoid(logit) on every frame:
+    always success (logit > 0) or never, for the rules that follow from a detector's verdicts."""
+    import torch
+
+    from dfp_ros.contracts import CameraSpec, RewardModelMetadata
+    from dfp_ros.learning.reward_classifier import RewardClassifier
+    from dfp_ros.learning.reward_export import export_reward_onnx
+
+    torch.manual_seed(0)
+    meta = RewardModelMetadata(state=[], cameras=[CameraSpec(c, f"observation.images.{c}", size, size)
+                                                  for c in cameras], threshold=0.5)
+    model = RewardClassifier(meta, (8,), 8, (8,))
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(logit)
+    export_reward_onnx(model, path)
+    return path

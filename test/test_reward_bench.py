@@ -11,13 +11,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("lerobot", reason="the episodes are written as a LeRobot dataset")
 
-from dfp_ros.contracts import CameraSpec, RewardModelMetadata
-from dfp_ros.learning.reward_classifier import RewardClassifier
-from dfp_ros.learning.reward_export import export_reward_onnx
+from model_files import constant_reward_model
+
 from dfp_ros.learning.transitions import TransitionJoiner
 from dfp_ros.sim.cube_env import CubeSim
 from dfp_ros.sim.detector_episodes import NEAR_MISS, SUCCESS, EpisodeSpec, episode_plan, write_labelled_episodes
@@ -62,17 +60,7 @@ def test_success_frames_follow_the_cube_landing_and_a_near_miss_has_none(tmp_pat
 
 
 def _constant_detector(path: Path, logit: float) -> Path:
-    """A front + wrist 64 px detector whose score is sigmoid(logit) on every frame."""
-    torch.manual_seed(0)
-    meta = RewardModelMetadata(state=[], cameras=[CameraSpec(c, f"observation.images.{c}", 64, 64)
-                                                  for c in reward_bench.CAMERAS], threshold=0.5)
-    model = RewardClassifier(meta, (8,), 8, (8,))
-    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(logit)
-    export_reward_onnx(model, path)
-    return path
+    return constant_reward_model(path, reward_bench.CAMERAS, reward_bench.IMAGE_SIZE, logit)
 
 
 class OraclePolicy:

@@ -84,3 +84,54 @@ def test_simulator_joint_states_and_two_cameras_are_joined_by_stamp_in_the_learn
     # another step's part.
     assert fin.get("dropped_chunk_without_observation", "0") == "0", fin
     assert int(fin["joined"]) >= 8, fin
+
+
+def test_the_learner_learns_from_the_detectors_reward_and_ends_not_the_simulators(tmp_path):
+    """reward:=detector in processes: the simulator's rewards moved aside (sim/reward) and its own success
+    ending nothing; reward_node (a detector that calls every frame a success) publishes the rewards and, after
+    3 positive frames, the success that ends each episode. The learner's episodes are the detector's: each a
+    success with return 0, where the simulator's rewards would have been -1 per step and no success."""
+    from model_files import constant_reward_model
+    from std_msgs.msg import Float32
+    from test_finetune_node import _curve
+
+    ckpt, onnx_path = _two_camera_checkpoint(tmp_path)
+    detector = constant_reward_model(tmp_path / "always.onnx", list(CAMERAS), SIZE, 20.0)
+    dom = domain_id(offset=232)
+    env = ros_env(dom)
+    cams = {f"camera.{c}.topic": contracts.sim_camera_topic(c) for c in CAMERAS}
+    learner = {**finetune_params(ckpt, tmp_path / "out"), "join": "stamp", "state_topics": ["joint_states"],
+               "state_types": ["joint_state"], "reward_mode": "sum", **cams, "warmup_steps": 10_000}
+    policy = {"model_path": str(onnx_path), "enabled": True, "trigger": "observation", "replan_every": 4,
+              "state_topics": ["joint_states"], "state_types": ["joint_state"], **cams}
+    sim = {"mode": "realtime", "camera_rate_hz": 20.0, "cameras": list(CAMERAS), "image_size": SIZE,
+           "success_ends_episode": False}
+    reward = {"model_path": str(detector), "debounce_frames": 3, "event_topic": "episode",
+              **{f"camera.{c}.topic": contracts.sim_camera_topic(c) for c in CAMERAS}}
+    procs = {}
+    with RosGraph(dom) as graph:
+        rewards = graph.collect(contracts.TOPIC_REWARD, Float32)
+        try:
+            procs["finetune"] = start_node("dfp_ros.nodes.finetune_node", learner, env, log_dir=tmp_path)
+            assert procs["finetune"].wait_for_log("learner started", timeout=90), procs["finetune"].log()
+            procs["reward"] = start_node("dfp_ros.nodes.reward_node", reward, env, log_dir=tmp_path)
+            assert procs["reward"].wait_for_log("ready", timeout=60), procs["reward"].log()
+            procs["sim"] = start_node("dfp_ros.nodes.sim_robot_node", sim, env, log_dir=tmp_path,
+                                      remap={"reward": "sim/reward"})
+            procs["policy"] = start_node("dfp_ros.nodes.policy_node", policy, env, log_dir=tmp_path)
+
+            def detector_episodes() -> list[dict[str, str]]:
+                return [r for r in _curve(tmp_path / "out") if int(r["joined"]) > 0]
+
+            assert graph.spin_until(lambda: len(detector_episodes()) >= 3, 120), (
+                procs["sim"].log()[-1500:], procs["reward"].log()[-1500:], procs["finetune"].log()[-1500:])
+            for p in procs.values():
+                assert p.poll() is None, p.log()[-2000:]
+        finally:
+            for p in procs.values():
+                stop(p, timeout=30)
+    rows = detector_episodes()
+    assert all(r["success"] == "1" and float(r["episode_return"]) == 0.0 and int(r["steps"]) <= 10 for r in rows), rows
+    assert rewards.count >= 9 and {m.data for m in rewards.messages} == {0.0}  # the detector's, never -1
+    sim_log = procs["sim"].log()
+    assert "success (from another node) after" in sim_log and "true outcome no success" in sim_log, sim_log[-1500:]

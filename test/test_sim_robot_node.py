@@ -225,6 +225,44 @@ def test_sigint_logs_the_summary_and_exits_0(lockstep: Sim) -> None:
 
 
 # --- lock-step, JointTrajectory commands, oracle to success, max_episodes=1 --------------------------
+def _drive_to_success(sim: Sim, mirror, seed: int, command) -> None:
+    """OGBench's oracle on a mirror simulation (same seed, same MuJoCo: it steps in step with the node's)
+    drives the node's episode to the mirror's success; each step's state must match."""
+    state = mirror.reset()
+    np.testing.assert_array_equal(np.asarray(sim.state.last.data, dtype=np.float32), state)
+    oracle = mirror.oracle(seed=seed)
+    oracle.reset(state, mirror.info)
+    for _ in range(mirror.max_episode_steps):
+        action = oracle.select_action(state, mirror.info)
+        sim.step(command(action))
+        state, _, terminated, truncated, _ = mirror.step(action)
+        if terminated or truncated:
+            break
+        sim.graph.spin_until(lambda s=state: np.array_equal(np.asarray(sim.state.last.data, np.float32), s), 2.0)
+        np.testing.assert_array_equal(np.asarray(sim.state.last.data, dtype=np.float32), state)
+    assert terminated, "the oracle did not solve the mirror episode"
+
+
+def test_without_its_own_success_ending_episodes_another_nodes_verdict_does(log_dir) -> None:
+    """success_ends_episode false: the simulator's success ends nothing (the arm steps on, reward 0) until a
+    success on /episode from another node (a detector's), logged with the true outcome; a new episode follows."""
+    from dfp_ros.sim.cube_env import CubeSim
+
+    seed = 2
+    params = {"mode": "lockstep", "seed": seed, "success_ends_episode": False, "lockstep_republish_s": 0.0}
+    with CubeSim(seed=seed) as mirror, _run_sim(log_dir, 5, params, Float64MultiArray) as sim:
+        _drive_to_success(sim, mirror, seed, floats)
+        for _ in range(3):  # past its success: still stepping, reward 0, no event of its own
+            sim.step(floats(ZERO))
+        assert sim.events() == ["start"] and [m.data for m in sim.reward.messages[-4:]] == [0.0] * 4
+        verdict = sim.graph.publisher(contracts.TOPIC_EPISODE, String)
+        assert sim.graph.wait_matched(verdict)
+        verdict.publish(String(data="success"))
+        assert sim.graph.spin_until(lambda: sim.events()[-3:] == ["success", "reset", "start"]), sim.events()
+        assert sim.proc.wait_for_log("episode 1 success (from another node) after"), sim.proc.log()
+        assert "true outcome success; successes 1/1" in sim.proc.log(), sim.proc.log()
+
+
 def test_oracle_reaches_success_and_max_episodes_exits_0(log_dir) -> None:
     from dfp_ros.sim.cube_env import CubeSim
 
@@ -249,20 +287,8 @@ def test_oracle_reaches_success_and_max_episodes_exits_0(log_dir) -> None:
         # No command for lockstep_republish_s: the observation is sent again, same stamp, no step.
         assert sim.joints.count > j0 and stamp_ns(sim.joints.last.header.stamp) == 0
 
-        state = mirror.reset()
-        np.testing.assert_array_equal(np.asarray(sim.state.last.data, dtype=np.float32), state)
-        oracle = mirror.oracle(seed=seed)
-        oracle.reset(state, mirror.info)
-        for _ in range(mirror.max_episode_steps):
-            action = oracle.select_action(state, mirror.info)
-            # Names in reverse order: the node must order by name, not position.
-            sim.step(traj(ACTION_NAMES[::-1], action[::-1]))
-            state, _, terminated, truncated, _ = mirror.step(action)
-            if terminated or truncated:
-                break
-            sim.graph.spin_until(lambda s=state: np.array_equal(np.asarray(sim.state.last.data, np.float32), s), 2.0)
-            np.testing.assert_array_equal(np.asarray(sim.state.last.data, dtype=np.float32), state)
-        assert terminated, "the oracle did not solve the mirror episode"
+        # Names in reverse order: the node must order by name, not position.
+        _drive_to_success(sim, mirror, seed, lambda action: traj(ACTION_NAMES[::-1], action[::-1]))
         assert sim.graph.spin_until(lambda: "success" in sim.events()), sim.events()
         assert sim.events()[-1] == "success"  # the last episode: no reset after it
         assert sim.proc.wait(timeout=10) == 0, sim.proc.log()

@@ -18,7 +18,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dfp_ros import contracts
@@ -235,4 +235,24 @@ def image_message(pixels: np.ndarray, encoding: str, frame_id: str, stamp: int) 
     msg.header.frame_id = frame_id
     set_stamp(msg.header.stamp, stamp)
     msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())  # raw bytes, whatever the encoding
+    return msg
+
+
+def joint_state_message(names: list[str], positions: np.ndarray, velocities: np.ndarray | None,
+                        stamp: int) -> JointState:
+    """A sensor_msgs/JointState stamped `stamp` (ns); no velocities when None."""
+    msg = JointState(name=list(names))
+    set_stamp(msg.header.stamp, stamp)
+    msg.position = message_array(positions)
+    if velocities is not None:
+        msg.velocity = message_array(velocities)
+    return msg
+
+
+def state_array_message(values: np.ndarray, label: str = "state") -> Float32MultiArray:
+    """A std_msgs/Float32MultiArray of one dimension named `label`."""
+    n = int(np.asarray(values).shape[0])
+    msg = Float32MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=label, size=n, stride=n)]
+    msg.data = message_array(values, "f")
     return msg

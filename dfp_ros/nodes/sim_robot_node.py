@@ -7,51 +7,37 @@ into arrays and back through `dfp_ros.nodes.ros_io` (see docs/architecture.md).
 Parameters: the table `PARAMS` below (all read at start; docs/parameters.md lists them).
 
 Stepping:
-  realtime  a robot's controller: a steady-clock timer at rate_hz steps the physics once per tick with
-            the newest command not yet used. The actions are end-effector deltas, so a command is
-            consumed once (repeating a delta would be a motion): a tick without a fresh command steps a
-            zero action, i.e. holds still (counted: `holds`; hold_on_missing_command false skips the
-            step instead), and a command replaced by a newer one before a tick is never applied
-            (counted: `superseded_commands`). The state is published at every tick, so a policy paced by
-            it (trigger observation) answers in phase. A tick that does not step still publishes the
-            current observation, freshly stamped, as a robot does.
-  lockstep  one step per received command, then the new observation is published at once, so an
-            evaluation runs as fast as the policy answers. /clock carries simulated time (1/fps per
-            step) for nodes with use_sim_time, and observations are stamped with it.
+  realtime  a robot's controller: a steady-clock timer at rate_hz steps once per tick with the newest
+            command not yet used. Actions are end-effector deltas, so a command is consumed once: a tick
+            without a fresh one steps a zero action, i.e. holds (`holds`; hold_on_missing_command false
+            skips the step), and a command replaced before a tick is never applied (`superseded_commands`).
+            Every tick publishes the state (freshly stamped, stepped or not), so a policy paced by it answers
+            in phase.
+  lockstep  one step per received command, the new observation published at once: an evaluation runs as
+            fast as the policy answers. /clock carries simulated time (1/fps per step), and stamps follow it.
 
-Topics published (contracts.py names):
-  /joint_states          sensor_msgs/JointState: the arm's real joint names, positions, velocities
-  /sim/state             std_msgs/Float32MultiArray: the full state vector (one dim labelled "state")
-  /sim/state_names       std_msgs/String, latched (transient local): JSON list naming /sim/state
-  /sim/camera/image_raw  sensor_msgs/Image rgb8, sensor-data QoS (lock-step: reliable): the front camera
-                         (camera_rate_hz > 0 and "front" in cameras)
-  /sim/wrist_camera/image_raw  the same from the camera on the gripper ("wrist" in cameras)
-  /reward                std_msgs/Float32, one per step
-  /episode               std_msgs/String: "start" after each reset, "success" or "timeout" at the end,
-                         then "reset" (followed by the next "start"); reset_mode external: only the ends
-  /clock                 rosgraph_msgs/Clock (lockstep only)
-  /diagnostics           every second: steps, holds, superseded and dropped commands, episodes,
-                         successes, and when commands arrive after a tick (command_after_tick_p50/p99_ms)
+Topics published (contracts.py names; docs/architecture.md, "Topics"): /joint_states (JointState), /sim/state
+(Float32MultiArray) + latched /sim/state_names (JSON), /sim/camera/image_raw and /sim/wrist_camera/image_raw
+(Image rgb8, sensor-data QoS; lock-step: reliable), /reward (Float32, one per step), /episode ("start" after
+each reset, "success" or "timeout" at the end, then "reset"; reset_mode external: only the ends), /clock
+(lock-step), /diagnostics (steps, holds, superseded and dropped commands, episodes, successes, command phase).
 /joint_states, /sim/state and the camera images of one observation carry the same stamp: the cameras are
 rendered with the observation of every k-th step (lockstep) or tick (realtime), see camera_rate_hz. The two
-observation topics are reliable and transient-local. Realtime: depth 1, so a node that joins late gets
-the current observation at once. Lockstep: depth 1000, so a passive reader (the learner, a recorder) loses
-no step when the controller answers within a millisecond, even through a ~300 ms pause in its DDS
-delivery; a late transient-local reader then gets up to 1000 past observations (its own depth permitting),
-so controllers (which answer every state) subscribe volatile and get the current one from the republish
-while nobody answers (`lockstep_republish_s`).
+observation topics are reliable and transient-local: depth 1 in real time (a late joiner gets the current
+observation), LOCKSTEP_DEPTH in lock-step (below; controllers subscribe volatile and get the republish).
 
-reset_mode external (a real robot's way; teleport resets arm and cube at once): after an episode's end the
-arm stays and moves with the commands (no reward, no time limit) until a "start" on /episode (reset_node's)
-places the cube anew, arm kept. Lock-step drops the one command answering the last state before "start"
-(stepping it too would keep two commands in flight); none within lockstep_republish_s: it starts anyway.
+success_ends_episode false (a robot without a reward oracle): the simulator's own success ends nothing; it
+is logged as the episode's true outcome and the arm steps on (reward 0) until a "success" or "failure" on
+/episode from another node (a learned detector's) or the time limit ("timeout") ends the episode.
 
-Commands: Float64MultiArray with the action values in order, a one-point JointTrajectory whose
-joint_names are the action names, or a JointState with name = action names and position = values
-(names in any order, extra names ignored; empty names mean "in action order"). Bad commands (wrong
-length, NaN/inf, missing names, not one trajectory point) are dropped and counted per kind with a
-throttled warning; they never step the simulation. On shutdown, or when max_episodes is reached,
-the node logs "episodes N, successes K, success rate X" and exits 0.
+reset_mode external (a robot's way; teleport resets arm and cube at once): after an episode's end the arm moves
+with the commands (no reward, no time limit) until a "start" on /episode (reset_node's) places the cube anew.
+Lock-step drops the one command answering the last state before "start" (two would be in flight then).
+
+Commands: Float64MultiArray (action order), a one-point JointTrajectory or a JointState named by action
+(any order, extra names ignored; none: action order). Bad ones (wrong length, NaN/inf, missing names, not one
+point) are dropped and counted per kind, never stepped. At shutdown or max_episodes: "episodes N, successes K,
+success rate X", exit 0.
 """
 
 from __future__ import annotations
@@ -72,7 +58,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, MultiArrayDimension, String
+from std_msgs.msg import Float32, Float32MultiArray, String
 
 from dfp_ros import contracts
 from dfp_ros.nodes import ros_io
@@ -112,16 +98,17 @@ PARAMS: list[Param] = [
     Param("lockstep_republish_s", 1.0, "lockstep: republish the current observation (same stamp) after this long "
                                        "without a command, so a policy that missed one cannot deadlock; 0 = never",
           low=0.0),
+    Param("success_ends_episode", True, "false: only a 'success'/'failure' on /episode from another node (a "
+                                        "learned detector) or the time limit ends an episode; the simulator's "
+                                        "own success is logged as its true outcome"),
     Param("wait_for_subscribers", 0, "publish the first observation only once this many nodes subscribe to "
                                      f"{contracts.TOPIC_SIM_STATE}: every participant of a lock-step rehearsal "
                                      "(an operator, a recorder) sees the first episode from its first step", low=0),
 ]
 
-# Lock-step observations: latched, but a reliable KEEP_LAST writer drops a step a passive reader (the
-# learner, a recorder) has not acknowledged once `depth` newer ones exist, and the controller keeps the
-# simulation stepping at ~600 steps/s. DDS delivery to one process was measured to pause for ~300 ms now
-# and then (README, Performance): 1000 steps (~1.6 s) ride that out; 100 did not. Rewards and episode
-# events (ros_io.EVENTS) keep as many.
+# Lock-step observations: a reliable KEEP_LAST writer drops a step a passive reader (learner, recorder) has not
+# acknowledged once `depth` newer exist, at ~600 steps/s. DDS delivery to one process pauses ~300 ms now and
+# then (README, Performance): 1000 steps (~1.6 s) ride that out; 100 did not. Rewards and events keep as many.
 LOCKSTEP_DEPTH = ros_io.EVENTS.depth
 _LOCKSTEP_STATES = QoSProfile(depth=LOCKSTEP_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -147,6 +134,10 @@ class SimRobotNode(Node):
         self._start_next = False  # lock-step external reset: start at the next command (see the docstring)
         self.max_episodes: int = p["max_episodes"]
         self.hold_on_missing: bool = p["hold_on_missing_command"]
+        self.own_success: bool = p["success_ends_episode"]
+        self._true_success = False  # success_ends_episode false: the simulator's success came; steps on
+        self._steps_after = 0  # ... steps since then
+        self._started_ns = 0  # wall time of the episode's start: older outside verdicts are not for it
         cameras = check_cameras(p["cameras"])  # a misspelt name is refused even while the cameras are off
         if p["camera_rate_hz"] > 0 and not cameras:
             raise ValueError(f"parameter cameras is empty; name some of {CAMERAS} or set camera_rate_hz 0")
@@ -190,7 +181,7 @@ class SimRobotNode(Node):
 
         self.sub_command = self.create_subscription(
             ros_io.COMMAND_MSG[p["command_type"]], p["command_topic"], self._on_command, _COMMANDS)
-        if self.reset_mode == "external":
+        if self.reset_mode == "external" or not self.own_success:
             self.create_subscription(String, contracts.TOPIC_EPISODE, self._on_episode, ros_io.EVENTS)
 
         # Timers run on the steady clock: realtime means wall time whatever use_sim_time says.
@@ -290,20 +281,35 @@ class SimRobotNode(Node):
             self.total_steps += 1
             self._publish_observation(self.sim.step_outside_episode(action), self._tick_stamp())
             return
-        state, reward, terminated, truncated, info = self.sim.step(action)
+        if self._true_success:  # past the simulator's own success, waiting for a verdict from outside
+            state, reward, terminated, info = self.sim.step_outside_episode(action), 0.0, False, {}
+            self._steps_after += 1
+            truncated = self.sim.elapsed_steps + self._steps_after >= self.sim.max_episode_steps
+        else:
+            state, reward, terminated, truncated, info = self.sim.step(action)
         self.total_steps += 1
         stamp = self._tick_stamp()
         self.pub_reward.publish(Float32(data=float(reward)))
+        if terminated and not self.own_success:
+            self._true_success, terminated = True, False
         if not (terminated or truncated):
             self._publish_observation(state, stamp)
             return
         success = bool(info.get("success", False)) or terminated
+        self._end_episode("success" if success else "timeout", success or self._true_success, state, stamp)
+
+    def _end_episode(self, event: str, success: bool, state: np.ndarray, stamp: Time, verdict: bool = False) -> None:
+        """Count and announce the end (`verdict`: another node's event, not re-published), then reset."""
+        steps = self.sim.elapsed_steps + self._steps_after
         self.episodes += 1
         self.successes += int(success)
-        self._publish_event("success" if success else "timeout")
+        if not verdict:
+            self._publish_event(event)
+        self._true_success, self._steps_after = False, 0
         self.get_logger().info(
-            f"episode {self.episodes} {'success' if success else 'timeout'} after {self.sim.elapsed_steps} steps; "
-            f"successes {self.successes}/{self.episodes} (rate {self.successes / self.episodes:.2f})")
+            f"episode {self.episodes} {event}{' (from another node)' if verdict else ''} after {steps} steps"
+            + ("" if self.own_success else f", true outcome {'success' if success else 'no success'}")
+            + f"; successes {self.successes}/{self.episodes} (rate {self.successes / self.episodes:.2f})")
         if self.max_episodes and self.episodes >= self.max_episodes:
             self.finished = True
             return
@@ -321,6 +327,10 @@ class SimRobotNode(Node):
         return stamp
 
     def _on_episode(self, msg: String, info: dict) -> None:
+        if (msg.data in ("success", "failure") and not self.own_success and not self._ended_ns and not self.finished
+                and self._last_obs is not None and ros_io.sent_ns(info) > self._started_ns):
+            self._end_episode(msg.data, self._true_success, *self._last_obs, verdict=True)
+            return
         # Only a start sent after the episode's end (DDS source times are wall clock): not our own at boot.
         if msg.data != "start" or not self._ended_ns or self.finished or ros_io.sent_ns(info) < self._ended_ns:
             return
@@ -332,6 +342,7 @@ class SimRobotNode(Node):
 
     def _start_episode(self, state: np.ndarray, announce: bool = True) -> None:
         self._pending = None  # a command meant for the old episode must not move the new one
+        self._started_ns = time.time_ns()
         if announce:
             self._publish_event("start")
         self.get_logger().info(f"episode {self.episodes + 1} start" + ("" if announce else " (external reset)"))
@@ -343,23 +354,17 @@ class SimRobotNode(Node):
 
     # --- observations ------------------------------------------------------------------------------
     def _publish_observation(self, state: np.ndarray, stamp: Time, force_image: bool = False) -> None:
-        stamp_msg = stamp.to_msg()
         self._last_obs = (state, stamp)
         # Images first: a policy pairing by arrival then finds them when the state arrives.
         frame = self.total_steps if self.mode == "lockstep" else self._ticks
         if self._camera_ok and (force_image or frame % self._camera_every == 0):
             self._publish_images(stamp)
-        js = JointState()
-        js.header.stamp = stamp_msg
-        js.name = self.joint_names
-        js.position = ros_io.message_array(self.sim.joint_positions())
         info = self.sim.info
-        if "proprio/joint_vel" in info and "proprio/gripper_vel" in info:
-            # OGBench's gripper velocity is that of the same driver joint we publish as the last joint.
-            js.velocity = ros_io.message_array(np.concatenate([info["proprio/joint_vel"], info["proprio/gripper_vel"]]))
-        msg = Float32MultiArray()
-        msg.layout.dim = [MultiArrayDimension(label="state", size=int(state.shape[0]), stride=int(state.shape[0]))]
-        msg.data = ros_io.message_array(state, "f")
+        # OGBench's gripper velocity is that of the same driver joint we publish as the last joint.
+        velocity = (np.concatenate([info["proprio/joint_vel"], info["proprio/gripper_vel"]])
+                    if "proprio/joint_vel" in info and "proprio/gripper_vel" in info else None)
+        js = ros_io.joint_state_message(self.joint_names, self.sim.joint_positions(), velocity, stamp.nanoseconds)
+        msg = ros_io.state_array_message(state)
         self.pub_state.publish(msg)
         self.pub_joints.publish(js)
 
@@ -419,10 +424,7 @@ class SimRobotNode(Node):
                 f"superseded commands {self.superseded}")
 
     def flush(self, timeout_s: float = 0.25) -> None:
-        """Give subscribers a moment to acknowledge the last reward/episode messages before the process ends.
-
-        The messages are already sent; this only leaves time for a resend should one have been lost.
-        """
+        """Before exiting, a moment for subscribers to acknowledge (or get resent) the last reward/episode messages."""
         try:
             for pub in (self.pub_reward, self.pub_episode):
                 pub.wait_for_all_acked(Duration(seconds=timeout_s))

@@ -20,6 +20,7 @@ an episode's first success are positives); `dfp train` reads the same dataset as
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,3 +146,35 @@ def write_labelled_episodes(root: Path | str, plan: Sequence[EpisodeSpec], camer
         sim.close()
     return LabelledSummary(Path(root), len(plan), kinds, success_episodes, frames, success_frames,
                            time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from dfp_ros.sim.cube_env import CAMERAS
+
+    p = argparse.ArgumentParser(prog="python -m dfp_ros.sim.detector_episodes", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--root", type=Path, required=True, help="new folder for the LeRobot dataset")
+    p.add_argument("--successes", type=int, default=60, help="successful episodes")
+    p.add_argument("--near-misses", type=int, default=60, help="near-miss episodes")
+    p.add_argument("--cameras", nargs="+", default=["front", "wrist"], choices=CAMERAS, metavar="CAMERA")
+    p.add_argument("--image-size", type=int, default=64, help="camera image height and width")
+    p.add_argument("--task", type=int, default=1, help="cube-single task")
+    p.add_argument("--tail-steps", type=int, default=15, help="frames of zero commands after the oracle is done")
+    p.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
+    a = p.parse_args(argv)
+    try:
+        s = write_labelled_episodes(a.root, episode_plan(a.successes, a.near_misses, a.seed), a.cameras,
+                                    a.image_size, a.task, a.tail_steps)
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{s.episodes} episodes ({s.kinds[SUCCESS]} successes, {s.kinds[NEAR_MISS]} near misses; "
+          f"{s.success_episodes} show success) -> {s.root}: {s.frames} frames, {s.success_frames} success frames, "
+          f"{s.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
