@@ -48,17 +48,23 @@ def _two_camera_checkpoint(folder):
     return folder / "ckpt", folder / "model.onnx"
 
 
-def test_simulator_joint_states_and_two_cameras_are_joined_by_stamp_in_the_learner(tmp_path):
+def _camera_graph(tmp_path) -> tuple[dict, dict, dict, dict]:
+    """Parameters of the learner, the policy and the real-time simulator (and the camera topics) for a
+    two-camera model on joint states, in `tmp_path`."""
     ckpt, onnx_path = _two_camera_checkpoint(tmp_path)
-    dom = domain_id(offset=231)
-    env = ros_env(dom)
     cams = {f"camera.{c}.topic": contracts.sim_camera_topic(c) for c in CAMERAS}
     learner = {**finetune_params(ckpt, tmp_path / "out"), "join": "stamp", "state_topics": ["joint_states"],
                "state_types": ["joint_state"], "reward_mode": "sum", **cams, "warmup_steps": 10_000}
     policy = {"model_path": str(onnx_path), "enabled": True, "trigger": "observation", "replan_every": 4,
               "state_topics": ["joint_states"], "state_types": ["joint_state"], **cams}
-    sim = {"mode": "realtime", "camera_rate_hz": 20.0, "cameras": list(CAMERAS), "image_size": SIZE,
-           "max_episodes": 0}
+    sim = {"mode": "realtime", "camera_rate_hz": 20.0, "cameras": list(CAMERAS), "image_size": SIZE}
+    return learner, policy, sim, cams
+
+
+def test_simulator_joint_states_and_two_cameras_are_joined_by_stamp_in_the_learner(tmp_path):
+    learner, policy, sim, _ = _camera_graph(tmp_path)
+    dom = domain_id(offset=231)
+    env = ros_env(dom)
     procs = {}
     with RosGraph(dom) as graph:
         diag = graph.collect("/diagnostics", DiagnosticArray)
@@ -95,19 +101,12 @@ def test_the_learner_learns_from_the_detectors_reward_and_ends_not_the_simulator
     from std_msgs.msg import Float32
     from test_finetune_node import _curve
 
-    ckpt, onnx_path = _two_camera_checkpoint(tmp_path)
+    learner, policy, sim, cams = _camera_graph(tmp_path)
+    sim["success_ends_episode"] = False
     detector = constant_reward_model(tmp_path / "always.onnx", list(CAMERAS), SIZE, 20.0)
+    reward = {"model_path": str(detector), "debounce_frames": 3, "event_topic": "episode", **cams}
     dom = domain_id(offset=232)
     env = ros_env(dom)
-    cams = {f"camera.{c}.topic": contracts.sim_camera_topic(c) for c in CAMERAS}
-    learner = {**finetune_params(ckpt, tmp_path / "out"), "join": "stamp", "state_topics": ["joint_states"],
-               "state_types": ["joint_state"], "reward_mode": "sum", **cams, "warmup_steps": 10_000}
-    policy = {"model_path": str(onnx_path), "enabled": True, "trigger": "observation", "replan_every": 4,
-              "state_topics": ["joint_states"], "state_types": ["joint_state"], **cams}
-    sim = {"mode": "realtime", "camera_rate_hz": 20.0, "cameras": list(CAMERAS), "image_size": SIZE,
-           "success_ends_episode": False}
-    reward = {"model_path": str(detector), "debounce_frames": 3, "event_topic": "episode",
-              **{f"camera.{c}.topic": contracts.sim_camera_topic(c) for c in CAMERAS}}
     procs = {}
     with RosGraph(dom) as graph:
         rewards = graph.collect(contracts.TOPIC_REWARD, Float32)
