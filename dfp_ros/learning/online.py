@@ -29,6 +29,7 @@ from dfp_ros.learning.config import DEFAULT_TEMPERATURES
 from dfp_ros.learning.critic import polyak_update, top_k
 from dfp_ros.learning.dataset import ChunkBatch
 from dfp_ros.learning.drift_loss import drift_loss
+from dfp_ros.learning.graphed_step import STEP_MODES, StaticStep, empty_batch_like, set_capturable
 from dfp_ros.learning.model import DFPModel, load_checkpoint, load_training_state, save_checkpoint
 from dfp_ros.learning.objectives import critic_loss
 
@@ -122,9 +123,13 @@ def to_floats(info: dict[str, torch.Tensor]) -> dict[str, float]:
 class OnlineLearner:
     """Networks + optimisers + target critic + EMA actor of one fine-tuning run."""
 
-    def __init__(self, model: DFPModel, cfg: OnlineConfig, device: str | torch.device = "cpu", seed: int = 0):
+    def __init__(self, model: DFPModel, cfg: OnlineConfig, device: str | torch.device = "cpu", seed: int = 0,
+                 step_mode: str = "eager"):
+        """step_mode "graphed": each update replays one CUDA graph (`graphed_step`; eager on the CPU)."""
         if model.critic is None:
             raise ValueError("online fine-tuning needs a critic: pre-train one with `dfp train --critic`")
+        if step_mode not in STEP_MODES:
+            raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device).train()
@@ -136,6 +141,9 @@ class OnlineLearner:
         self.updates = 0
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
+        self.step_mode = step_mode
+        # Built at the first update, after `load` has set the optimiser state: a graph holds it by address.
+        self.static_step: StaticStep | None = None
 
     def update(self, batch: ChunkBatch) -> dict[str, torch.Tensor]:
         """One critic + actor + target + EMA update; returns detached 0-d tensors (on the device).
@@ -144,7 +152,20 @@ class OnlineLearner:
         every update with the host. Callers convert only what they log, when they log it
         (`to_floats`).
         """
-        batch = (pinned(batch) if self.device.type == "cuda" else batch).to(self.device)
+        batch = pinned(batch) if self.device.type == "cuda" else batch
+        if self.step_mode == "graphed":
+            if self.static_step is None:
+                self.static_step = StaticStep(self.update_on, empty_batch_like(batch, self.device), "graphed",
+                                              optimizers=(self.actor_opt, self.critic_opt), name="online update")
+            info = self.static_step(batch)
+        else:
+            info = self.update_on(batch.to(self.device))
+        self.updates += 1
+        return info
+
+    def update_on(self, batch: ChunkBatch) -> dict[str, torch.Tensor]:
+        """The maths of one update on a batch already on the device (no counter): what `update` runs, eagerly or
+        captured in a graph."""
         c_loss, c_info = critic_loss(self.model, self.target_critic, batch, self.cfg.gamma, self.cfg.critic_samples)
         self.critic_opt.zero_grad(set_to_none=True)
         c_loss.backward()
@@ -155,7 +176,6 @@ class OnlineLearner:
         self.actor_opt.step()
         polyak_update(self.target_critic, self.model.critic, self.cfg.tau)
         ema_update(self.ema_actor, self.model.actor, self.cfg.ema_tau)
-        self.updates += 1
         return {k: v.detach() for k, v in {**c_info, **a_info}.items()}
 
     # --- checkpoint ---------------------------------------------------------------------------------
@@ -166,17 +186,18 @@ class OnlineLearner:
             "critic_opt": self.critic_opt.state_dict(), "target_critic": self.target_critic.state_dict(),
             "ema_actor": self.ema_actor.state_dict(), "updates": self.updates,
             "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "extra": extra or {},
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
         save_checkpoint(folder, self.model, {"online_config": self.cfg.to_dict(), "step": self.updates}, state)
         return folder
 
     @classmethod
-    def load(cls, folder: Path | str, cfg: OnlineConfig, device: str | torch.device = "cpu"
+    def load(cls, folder: Path | str, cfg: OnlineConfig, device: str | torch.device = "cpu", step_mode: str = "eager"
              ) -> tuple[OnlineLearner, dict[str, Any]]:
         """Resume from `save` (returns the `extra` dict saved with it), or start from an offline checkpoint."""
         folder = Path(folder)
         model, _ = load_checkpoint(folder)
-        learner = cls(model, cfg, device)
+        learner = cls(model, cfg, device, step_mode=step_mode)
         state = load_training_state(folder)
         if state is None or state.get("version") != LEARNER_STATE_VERSION:
             # An offline `dfp train --critic` checkpoint: fine-tuning starts here (EMA = actor), with
@@ -186,10 +207,14 @@ class OnlineLearner:
             return learner, {}
         learner.actor_opt.load_state_dict(state["actor_opt"])
         learner.critic_opt.load_state_dict(state["critic_opt"])
+        for opt in (learner.actor_opt, learner.critic_opt):  # saved by a graphed learner, maybe on another device
+            set_capturable(opt, False)
         learner.target_critic.load_state_dict(state["target_critic"])
         learner.ema_actor.load_state_dict(state["ema_actor"])
         learner.updates = int(state["updates"])
         learner.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if learner.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], learner.device)
         return learner, dict(state.get("extra", {}))
 

@@ -20,6 +20,7 @@ EPILOG = """examples:
   dfp check models/cube.onnx                                       # validate and describe a model
   dfp train-reward --root data/cube_cams --output outputs/reward   # success detector -> outputs/reward/reward.onnx
   dfp bench train                                                  # throughput, reference size
+  dfp bench learner --device cuda                                  # updates/s: eager vs one CUDA graph per update
   dfp bench latency                                                # policy node in a real ROS graph
   dfp bench finetune                                               # weak BC policy -> RL through ROS
   dfp bench ablation --seeds 0,1                                   # success vs env steps: BC, K=1,2,4,8
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,export,check,train-reward,bench,convert-bag,replay}")
+                           metavar="{train,export,check,train-reward,bench,convert-bag,replay,make-play-dataset}")
 
     t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -100,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
     bsub = b.add_subparsers(dest="bench", required=True,
-                            metavar="{train,latency,finetune,hil,ablation,realtime,vision,data}")
+                            metavar="{train,learner,latency,finetune,hil,ablation,realtime,vision,data,reward}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bln = bsub.add_parser("learner", help="learner updates/s: today's eager path vs the static-buffer step "
+                                          "(one CUDA graph per update on a GPU) fed by the device replay",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bl = bsub.add_parser("latency", help="policy node in a real ROS graph: observation->chunk latency, "
                                          "tick jitter, CPU, RSS (state model best-of-16; 96x96 image model)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -132,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     bd = bsub.add_parser("data", help="camera dataset data path: decode frames/s (cached vs frame by frame), batch "
                                       "sampling vs the training step, start to first step cold and warm",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, parser in (("train", bt), ("latency", bl), ("finetune", bf), ("hil", bh), ("ablation", ba),
-                         ("realtime", br), ("vision", bv), ("data", bd)):
+    bw = bsub.add_parser("reward", help="RL without a reward oracle: labelled camera episodes -> success detector "
+                                        "(precision/recall) -> camera policy fine-tuned from the detector's reward "
+                                        "only, success before/after (and with the simulator's reward)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, parser in (("train", bt), ("learner", bln), ("latency", bl), ("finetune", bf), ("hil", bh),
+                         ("ablation", ba), ("realtime", br), ("vision", bv), ("data", bd), ("reward", bw)):
         bench_module(name).add_arguments(parser)
 
     cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
@@ -143,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
                         description=bench_module("replay").__doc__)
     for name, parser in (("convert-bag", cb), ("replay", rp)):
         bench_module(name).add_arguments(parser)
+    bench_module("make-play-dataset").add_arguments(sub.add_parser(
+        "make-play-dataset", help="an OGBench-style play dataset (cube scenes, scripted noisy oracle) as a LeRobot "
+                                  "dataset, with a single task's rewards; resumable",
+        description="Generates OGBench's 'play' data the way its generate_manipspace.py does (random cube\n"
+                    "targets, CubePlanOracle with plan noise, 1001-step episodes) and labels it with OGBench's\n"
+                    "single-task reward of --task. Rerun with the same settings to add missing episodes.\n"
+                    "Prints a JSON line last. See docs/ogbench_datasets.md.",
+        epilog="example:\n  dfp make-play-dataset --env cube-double-v0 --task 2 --episodes 100 "
+               "--root outputs/play/cube-double-task2",
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
@@ -288,6 +306,8 @@ def bench_module(name: str) -> ModuleType:
     included, inside its functions, so `dfp --help` is instant and the deploy profile can run `dfp bench latency`)."""
     if name == "train":
         from dfp_ros.tools import train_bench as module
+    elif name == "learner":
+        from dfp_ros.tools import learner_bench as module
     elif name == "latency":
         from dfp_ros.tools import latency_bench as module
     elif name == "finetune":
@@ -302,11 +322,15 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import vision_bench as module
     elif name == "data":
         from dfp_ros.tools import data_bench as module
+    elif name == "reward":
+        from dfp_ros.tools import reward_bench as module
     # Not benchmarks, but commands built the same way (add_arguments, run_from_args):
     elif name == "convert-bag":
         from dfp_ros.tools import convert_bag as module
     elif name == "replay":
         from dfp_ros.tools import replay as module
+    elif name == "make-play-dataset":
+        from dfp_ros.sim import play_datasets as module
     else:
         raise ValueError(f"no benchmark {name!r}")
     return module
@@ -324,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "train-reward": cmd_train_reward,
                 "bench": cmd_bench,
-                "convert-bag": cmd_tool, "replay": cmd_tool}
+                "convert-bag": cmd_tool, "replay": cmd_tool, "make-play-dataset": cmd_tool}
     try:
         return handlers[args.command](args)
     except ContractError as e:  # user errors: one clear line, no traceback
