@@ -307,7 +307,7 @@ def finetune(work: Path, ckpt: Path, source: str, detector_model: Path, a: argpa
     models.mkdir(parents=True, exist_ok=True)
     runtime = PolicyRuntime(export_policy(learner.model, models / "acting.onnx", a.num_candidates), device="cpu")
     act_rng = np.random.default_rng(TRAIN_SEED)
-    env_steps = episodes = true_successes = detector_successes = 0
+    env_steps = episodes = true_successes = detector_successes = false_successes = missed_successes = 0
     clock = [0]
     bar = tqdm(total=a.env_steps, desc=f"fine-tuning ({source} reward)", unit="step", dynamic_ncols=True)
     with CubeSim(task_id=a.task_id, render=True, image_size=IMAGE_SIZE) as sim:
@@ -320,6 +320,9 @@ def finetune(work: Path, ckpt: Path, source: str, detector_model: Path, a: argpa
             episodes += 1
             true_successes += int(true_success)
             detector_successes += int(record.success)
+            # The verdict that ended the episode against the truth (the detector on the policy's own attempts).
+            false_successes += int(record.success and not true_success)
+            missed_successes += int(true_success and not record.success)
             target = a.updates_per_step * max(0, env_steps - a.warmup_steps)
             while env_steps >= a.warmup_steps and learner.updates < target:
                 learner.update(replay.sample(a.batch_size, learner.rng))
@@ -335,7 +338,8 @@ def finetune(work: Path, ckpt: Path, source: str, detector_model: Path, a: argpa
     out = {"source": source, "before": before, "after": after["success_rate"], "env_steps": env_steps,
            "episodes": episodes, "updates": learner.updates,
            "train_true_success_rate": round(true_successes / max(episodes, 1), 3),
-           "train_ended_by_success_event": detector_successes, "cpu_minutes": round(finetune_cpu / 60, 1),
+           "train_ended_by_success_event": detector_successes, "train_false_success_events": false_successes,
+           "train_missed_successes": missed_successes, "cpu_minutes": round(finetune_cpu / 60, 1),
            "wall_minutes": round((time.monotonic() - t0) / 60, 1)}
     (models / "summary.json").write_text(json.dumps(out))
     return out
