@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; each prints a JSON line last")
     bsub = b.add_subparsers(dest="bench", required=True,
-                            metavar="{train,learner,latency,finetune,hil,ablation,realtime,vision,data,reward}")
+                            metavar="{train,learner,latency,finetune,hil,ablation,ogbench,realtime,vision,data,reward}")
     bt = bsub.add_parser("train", help="training steps/s: drift BC vs MSE BC vs drift loss alone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bln = bsub.add_parser("learner", help="learner updates/s: today's eager path vs the static-buffer step "
@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "One run per arm and seed; see dfp_ros/tools/finetune_ablation.py for how "
                                      "it differs from the ROS graph.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bo = bsub.add_parser("ogbench", help="DFP on an OGBench single task (play dataset): success vs offline steps, "
+                                         "then vs online env steps, beside Q-chunking's published points; resumable",
+                         description=bench_module("ogbench").__doc__,
+                         formatter_class=bench_module("ogbench").HelpFormatter)
     br = bsub.add_parser("realtime", help="simulator in real time + policy with 0-200 ms of added inference delay: "
                                           "success rate per delay for lock-step, real time as shipped and the "
                                           "hand-over modes, chunk boundary jumps; PNG",
@@ -141,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "only, success before/after (and with the simulator's reward)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, parser in (("train", bt), ("learner", bln), ("latency", bl), ("finetune", bf), ("hil", bh),
-                         ("ablation", ba), ("realtime", br), ("vision", bv), ("data", bd), ("reward", bw)):
+                         ("ablation", ba), ("ogbench", bo), ("realtime", br), ("vision", bv), ("data", bd),
+                         ("reward", bw)):
         bench_module(name).add_arguments(parser)
 
     cb = sub.add_parser("convert-bag", help="a rosbag2 recording (sqlite3 or MCAP) -> a LeRobot v3 dataset",
@@ -316,6 +321,8 @@ def bench_module(name: str) -> ModuleType:
         from dfp_ros.tools import hil_bench as module
     elif name == "ablation":
         from dfp_ros.tools import finetune_ablation as module
+    elif name == "ogbench":
+        from dfp_ros.tools import ogbench_bench as module
     elif name == "realtime":
         from dfp_ros.tools import realtime_bench as module
     elif name == "vision":

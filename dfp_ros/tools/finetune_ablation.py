@@ -40,7 +40,6 @@ after every finished run, so an interrupted benchmark still leaves its curves; p
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
@@ -57,16 +56,14 @@ import numpy as np
 
 from dfp_ros.tools import weak_bc
 from dfp_ros.tools.bench_main import BENCH_ERRORS, run_and_report, standalone_main
+from dfp_ros.tools.sim_finetuning import SimFinetuner, UpdateSchedule, export_acting_model
+from dfp_ros.tools.sim_finetuning import run_episode as run_episode  # one episode, joined (tests call it here)
 
 if TYPE_CHECKING:
     from dfp_ros.learning.dataset import ChunkDataset
     from dfp_ros.learning.online import OnlineLearner
-    from dfp_ros.learning.transitions import EpisodeRecord, TransitionJoiner
-    from dfp_ros.runtime.policy_runtime import PolicyRuntime
-    from dfp_ros.sim.cube_env import CubeSim
 
 SEED_STRIDE = 10_000  # training seeds of run seed s: TRAIN_SEED + s * SEED_STRIDE..
-STEP_NS = 50_000_000  # lock-step stamps: one 20 Hz step of simulated time (sim_robot_node's clock)
 RECENT = 20  # training episodes in the "recent success" column (the learning curve's window)
 DEFAULT_ARMS = "bc,k4,k1,k2,k8,lam0"  # reference first, so a time-limited run has it
 CSV_COLUMNS = ("arm", "label", "seed", "top_k", "lam", "checkpoint", "env_steps", "updates", "episodes",
@@ -163,48 +160,6 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def _export(learner: OnlineLearner, path: Path, num_samples: int) -> Path:
-    """The learner's current weights as the robot would get them: ONNX policy + critic, best-of-N."""
-    from dfp_ros.learning.export import export_onnx
-
-    # A copy, as the learner loop exports one: export_onnx switches its model to eval mode.
-    export_onnx(copy.deepcopy(learner.model).to("cpu"), path, num_samples=num_samples, with_critic=True)
-    return path
-
-
-def _runtime(learner: OnlineLearner, path: Path, num_samples: int) -> PolicyRuntime:
-    from dfp_ros.runtime.policy_runtime import PolicyRuntime
-
-    return PolicyRuntime(_export(learner, path, num_samples), device="cpu")
-
-
-def run_episode(sim: CubeSim, runtime: PolicyRuntime, joiner: TransitionJoiner, rng: np.random.Generator,
-                clock: list[int]) -> EpisodeRecord:
-    """One lock-step episode, whole chunks executed, joined into transitions by the finetune node's rules.
-
-    Stamps follow sim_robot_node in lock-step: an observation carries the simulated time after the
-    steps so far (`clock[0]` steps, kept across episodes), the step's reward is stamped at the
-    observation it leads to, the end event at the time of the last step; a chunk carries its
-    observation's stamp.
-    """
-    state = sim.reset()
-    joiner.add_event("start", clock[0] * STEP_NS)
-    joiner.add_observation(clock[0] * STEP_NS, state)
-    while True:
-        chunk = runtime.act(state, None, rng).chunk
-        joiner.add_chunk(clock[0] * STEP_NS, chunk)
-        for action in chunk:
-            state, reward, terminated, truncated, info = sim.step(action)
-            clock[0] += 1
-            joiner.add_reward(clock[0] * STEP_NS, reward)
-            if terminated or truncated:  # the rest of the chunk is dropped, as evaluate() does
-                success = bool(info["success"]) or terminated
-                joiner.add_event("success" if success else "timeout", clock[0] * STEP_NS)
-                (record,) = joiner.flush()
-                return record
-            joiner.add_observation(clock[0] * STEP_NS, state)
-
-
 def _actor_delta(learner: OnlineLearner, initial: list[Any]) -> float:
     """L2 distance of the actor's parameters from where fine-tuning started (0 when nothing learned)."""
     import torch
@@ -243,51 +198,42 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
     replay = ReplayBuffer(meta.state_dim, meta.horizon, meta.action_dim, offline=setup.offline)
     joiner = TransitionJoiner(meta.horizon, robot=f"{arm.key}_s{seed}", reward_mode="per_step")
     train_seed = weak_bc.TRAIN_SEED + seed * SEED_STRIDE
-    act_rng = np.random.default_rng(train_seed)  # the policy node's noise seed is its sim's seed, too
-    snapshot = setup.models / f"{arm.key}_s{seed}_acting.onnx"
-    runtime = _runtime(learner, snapshot, a.num_candidates)
-    env_steps = episodes = 0
+    tuner = SimFinetuner(learner, replay, joiner, UpdateSchedule(a.warmup_steps, a.updates_per_step, a.batch_size,
+                                                                 a.export_every, a.num_candidates),
+                         snapshot=setup.models / f"{arm.key}_s{seed}_acting.onnx",
+                         # the policy node's noise seed is its sim's seed, too
+                         act_rng=np.random.default_rng(train_seed))
     recent: deque[int] = deque(maxlen=RECENT)
-    last: dict[str, float] = {}
-    clock = [0]
 
     def row(checkpoint: int, success: float) -> dict[str, Any]:
-        return {**base, "checkpoint": checkpoint, "env_steps": env_steps, "updates": learner.updates,
-                "episodes": episodes, "success_rate": success,
+        last = tuner.losses()
+        return {**base, "checkpoint": checkpoint, "env_steps": tuner.env_steps, "updates": learner.updates,
+                "episodes": tuner.episodes, "success_rate": success,
                 "train_success_recent": round(float(np.mean(recent)), 3) if recent else "",
                 "replay_online": replay.size, "dropped": sum(joiner.dropped.values()),
-                "models_swapped": res.models_swapped, "actor_param_delta": round(_actor_delta(learner, initial), 6),
+                "models_swapped": tuner.models_swapped, "actor_param_delta": round(_actor_delta(learner, initial), 6),
                 **{k: round(last[k], 5) for k in ("critic_loss", "q_mean", "topk_q") if k in last},
                 "wall_s": round(time.monotonic() - t0, 1)}
 
     res.rows.append(row(0, setup.before))
     pending = checkpoints[1:]
     with CubeSim(task_id=a.task_id, seed=train_seed) as sim:
-        while env_steps < a.env_steps:
-            rec = run_episode(sim, runtime, joiner, act_rng, clock)
-            for t in rec.transitions:
-                replay.add(t)
-            env_steps += rec.steps
-            episodes += 1
+        while tuner.env_steps < a.env_steps:
+            rec = tuner.episode(sim)
             recent.append(int(rec.success))
-            target = a.updates_per_step * max(0, env_steps - a.warmup_steps)
-            while env_steps >= a.warmup_steps and learner.updates < target:
-                # float(): update() may hand back 0-d tensors; the log wants plain numbers.
-                last = {k: float(v) for k, v in learner.update(replay.sample(a.batch_size, learner.rng)).items()}
-                if learner.updates % a.export_every == 0:  # the graph's "models swapped in"
-                    runtime = _runtime(learner, snapshot, a.num_candidates)
-                    res.models_swapped += 1
+            env_steps = tuner.env_steps
             passed = [c for c in pending if c <= env_steps]
             if passed or env_steps >= a.env_steps:
                 # One evaluation, labelled with the last checkpoint passed (the budget at the end).
                 label = a.env_steps if env_steps >= a.env_steps else passed[-1]
                 pending = [c for c in pending if c > env_steps]
-                model = _export(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
+                model = export_acting_model(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
                 ev = weak_bc.evaluate_model(model, a.eval_episodes, a.task_id, a.eval_seed)
                 res.rows.append(row(label, ev["success_rate"]))
             on_steps(rec.steps, {"arm": arm.key, "seed": seed, "updates": learner.updates,
                                  "recent": float(np.mean(recent)),
                                  "eval": res.rows[-1]["success_rate"]})
+    res.models_swapped = tuner.models_swapped
     res.updates, res.replay_online, res.wall_s = learner.updates, replay.size, round(time.monotonic() - t0, 1)
     return res
 

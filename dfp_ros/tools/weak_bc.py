@@ -43,14 +43,15 @@ def add_learner_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-every", type=int, default=500, help="learner updates between models swapped in")
 
 
-def evaluate_model(model: Path, episodes: int, task_id: int, seed: int) -> dict[str, Any]:
+def evaluate_model(model: Path, episodes: int, task_id: int, seed: int,
+                   env_name: str = "cube-single-v0") -> dict[str, Any]:
     """Success over `episodes` seeded episodes, best-of-N through the runtime the robot uses."""
     from dfp_ros.runtime.policy_runtime import PolicyRuntime
     from dfp_ros.sim.evaluate import evaluate
 
     rt = PolicyRuntime(model, device="cpu")
     rng = np.random.default_rng(seed)
-    res = evaluate(lambda s: rt.act(s, None, rng).chunk, episodes, task_id=task_id, seed=seed)
+    res = evaluate(lambda s: rt.act(s, None, rng).chunk, episodes, env_name=env_name, task_id=task_id, seed=seed)
     return {**res, "model_sha256": rt.sha256}
 
 

@@ -1,0 +1,110 @@
+"""`dfp bench ogbench` on a tiny schedule: the offline -> online chain, its outputs, resuming, and its refusals."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("ogbench", reason="the simulator needs ogbench and mujoco (training profile)")
+pytest.importorskip("lerobot", reason="datasets need lerobot (training profile)")
+
+from dfp_ros.tools.cli import build_parser
+from dfp_ros.tools.ogbench_bench import run, run_from_args
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Two short cube-double play episodes with task 2's rewards."""
+    from dfp_ros.sim.play_datasets import PlayConfig, make_play_dataset
+
+    root = tmp_path_factory.mktemp("ogbench") / "play"
+    make_play_dataset(root, 2, PlayConfig(env_name="cube-double-v0", task_id=2, episode_steps=60), progress=False)
+    return root
+
+
+def _args(work: Path, dataset: Path, *extra: str):
+    # 20 offline steps evaluated at 10 and 20; 1000 online env steps = two 500-step episodes (this policy does
+    # not solve task 2), evaluated after each (--eval-every 10 counts env steps online); 5 updates per episode.
+    return build_parser().parse_args([
+        "bench", "ogbench", "--dataset", str(dataset), "--work-dir", str(work), "--offline-steps", "20",
+        "--online-env-steps", "1000", "--eval-every", "10", "--eval-episodes", "2", "--hidden", "32",
+        "--batch-size", "16", "--num-candidates", "4", "--top-k", "2", "--warmup-steps", "0",
+        "--updates-per-step", "0.01", "--export-every", "5", "--no-progress", *extra])
+
+
+def _rows(work: Path) -> list[dict[str, str]]:
+    with (work / "curve.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_chain_runs_resumes_without_repeating_and_refuses_other_settings(tmp_path, dataset, capsys):
+    work = tmp_path / "run"
+    seen: list[dict] = []
+
+    def interrupt_after_first_online(row: dict) -> None:  # Ctrl-C right after an evaluation was recorded
+        seen.append(row)
+        if row["phase"] == "online":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_args(work, dataset), on_evaluation=interrupt_after_first_online)
+    assert [(r["phase"], r["offline_steps"], r["online_env_steps"]) for r in seen] == [
+        ("offline", 10, 0), ("offline", 20, 0), ("online", 20, 500)]
+    interrupted = _rows(work)
+    assert len(interrupted) == 3
+
+    r = run(_args(work, dataset))
+    assert r["evaluated_now"] == 1  # only the missing one
+    rows = _rows(work)
+    assert rows[:3] == interrupted
+    assert [(x["phase"], x["offline_steps"], x["online_env_steps"], x["episodes"]) for x in rows] == [
+        ("offline", "10", "0", "2"), ("offline", "20", "0", "2"), ("online", "20", "500", "2"),
+        ("online", "20", "1000", "2")]
+    assert all(0.0 <= float(x["success_rate"]) <= 1.0 and float(x["cpu_s"]) > 0 for x in rows)
+    # The resumed learner went on where it stopped: the whole budget's updates, one acting model per 5.
+    assert r["online"]["updates"] == 10 and r["online"]["train_episodes"] == 2
+    assert r["online"]["models_swapped"] == 2 and r["online"]["replay_online"] > 0
+    assert (work / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((work / "summary.json").read_text())
+    assert saved["final_success_rate"] == float(rows[-1]["success_rate"])
+    assert saved["qc_reference"]["offline"]["1000000"] == 0.66
+    capsys.readouterr()
+
+    # Finished: a rerun evaluates nothing and prints the JSON line last.
+    assert run_from_args(_args(work, dataset)) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["evaluations"] == [{"phase": p, "steps": s, "success_rate": float(x["success_rate"])}
+                                   for (p, s), x in zip([("offline", 10), ("offline", 20), ("online", 500),
+                                                         ("online", 1000)], rows, strict=True)]
+    assert (line["env"], line["task"], line["device"], line["offline_steps"]) == ("cube-double-v0", 2, "cpu", 20)
+    assert line["cpu_minutes"] > 0 and set(line["qc_reference"]["online"]) == {"100000"}
+    assert _rows(work) == rows
+
+    # Other settings in the same work dir: one line, exit != 0, nothing changed.
+    files = {p: p.read_bytes() for p in (work / "curve.csv", work / "config.json", work / "progress.json")}
+    assert run_from_args(_args(work, dataset, "--top-k", "3")) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "top_k: 2 there, 3 asked" in err[0]
+    assert {p: p.read_bytes() for p in files} == files
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--env", "cube-penta-v0"], "unknown env 'cube-penta-v0'"),
+    (["--task", "7"], "unknown task 7"),
+    # the cube-double dataset for the three-cube scene: its state has 46 values
+    (["--env", "cube-triple-v0"], "observation.state has 37 values, cube-triple-v0's has 46"),
+])
+def test_refused_in_one_line_before_anything_is_written(tmp_path, dataset, capsys, extra, words):
+    work = tmp_path / "run"
+    assert run_from_args(_args(work, dataset, *extra)) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not work.exists()
