@@ -254,7 +254,8 @@ def test_without_its_own_success_ending_episodes_another_nodes_verdict_does(log_
         _drive_to_success(sim, mirror, seed, floats)
         for _ in range(3):  # past its success: still stepping, reward 0, no event of its own
             sim.step(floats(ZERO))
-        assert sim.events() == ["start"] and [m.data for m in sim.reward.messages[-4:]] == [0.0] * 4
+        # (the first "start" may predate this process's subscription: events are volatile)
+        assert sim.events() in ([], ["start"]) and [m.data for m in sim.reward.messages[-4:]] == [0.0] * 4
         verdict = sim.graph.publisher(contracts.TOPIC_EPISODE, String)
         assert sim.graph.wait_matched(verdict)
         verdict.publish(String(data="success"))
