@@ -120,7 +120,9 @@ def test_the_learner_learns_from_the_detectors_reward_and_ends_not_the_simulator
             procs["policy"] = start_node("dfp_ros.nodes.policy_node", policy, env, log_dir=tmp_path)
 
             def detector_episodes() -> list[dict[str, str]]:
-                return [r for r in _curve(tmp_path / "out") if int(r["joined"]) > 0]
+                # After the first joined episode: the detector may have been discovered after the first start
+                # (events are volatile), and an episode it never opened ends at the time limit.
+                return [r for r in _curve(tmp_path / "out") if int(r["joined"]) > 0][1:]
 
             assert graph.spin_until(lambda: len(detector_episodes()) >= 3, 120), (
                 procs["sim"].log()[-1500:], procs["reward"].log()[-1500:], procs["finetune"].log()[-1500:])

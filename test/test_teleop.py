@@ -87,7 +87,9 @@ def test_joy_teleop_node_deadman_engaged_and_episode_buttons(tmp_path):
         events = g.collect("/episode", String)
         joy = g.publisher("/joy", Joy)
         assert g.wait_matched(joy, timeout=30.0), proc.log()
-        assert g.spin_until(lambda: events.subscription.get_publisher_count() >= 1, 10.0)
+        # Every stream matched before the first Joy (a message sent before its match would be lost to us).
+        assert g.spin_until(lambda: all(c.subscription.get_publisher_count() >= 1 for c in (cmds, engaged, events)),
+                            10.0)
 
         def send(buttons: list[int], times: int = 1, axes: tuple = (0.0, 1.0, 0.0, 0.0, 0.0)) -> None:
             for _ in range(times):  # at the joy driver's autorepeat rate
