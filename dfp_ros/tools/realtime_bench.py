@@ -86,6 +86,7 @@ def run_one(mode: str, delay_ms: float, episodes: int, domain: int, log_dir: Pat
     events: list[str] = []
     last_event = [time.monotonic()]
     diag: dict[str, dict[str, str]] = {"policy": {}, "sim": {}}
+    policy_reported = [0.0]  # when the policy's diagnostics last arrived (monotonic)
 
     def on_event(msg: String) -> None:
         events.append(msg.data)
@@ -98,6 +99,7 @@ def run_one(mode: str, delay_ms: float, episodes: int, domain: int, log_dir: Pat
                 rate = values.get("control_rate_hz", "0")
                 diag["policy"] = {**values, "control_rate_hz": max(rate, diag["policy"].get("control_rate_hz", "0"),
                                                                    key=float)}
+                policy_reported[0] = time.monotonic()
             elif status.hardware_id.endswith("sim_robot_node"):
                 diag["sim"] = values
 
@@ -123,7 +125,11 @@ def run_one(mode: str, delay_ms: float, episodes: int, domain: int, log_dir: Pat
                         or time.monotonic() - last_event[0] > STALL_S)
 
             monitor.spin_until(finished, timeout_s)
-            monitor.spin_for(1.2)  # the simulator's last diagnostics
+            # The last diagnostics: the simulator's (it reports every second), and one of the policy's sent after
+            # the run (a lock-step episode can end within a second, before its first report).
+            ended = time.monotonic()
+            monitor.spin_for(1.2)
+            monitor.spin_until(lambda: policy_reported[0] > ended, 2.0)
         finally:
             codes = {name: stop(p, timeout=10.0) for name, p in procs.items()}
     done = [e for e in events if e in EPISODE_ENDS][:episodes]
