@@ -130,23 +130,21 @@ def judge_episodes(model: Path, root: Path, episodes: list[int], debounce: int) 
     """The node's rule replayed over recorded episodes: every frame scored by the exported model through
     `SuccessDetector`, one episode at a time, as reward_node runs it."""
     from dfp_ros.learning.dataset import ChunkDataset
-    from dfp_ros.runtime.reward_runtime import RewardRuntime, SuccessDetector
 
-    runtime = RewardRuntime(model)
-    size = (runtime.meta.cameras[0].height, runtime.meta.cameras[0].width)
-    data = ChunkDataset("", str(root), horizon=1, image_size=size, done_key="next.success", progress=False)
+    detector = DetectorReward(model, debounce)
+    cameras = detector.detector.runtime.meta.cameras
+    data = ChunkDataset("", str(root), horizon=1, image_size=(cameras[0].height, cameras[0].width),
+                        done_key="next.success", progress=False)
     out = []
+    frames = 0  # stamps run on across episodes, as on a robot (the detector scores only newer frames)
     for ep in episodes:
         rows = np.flatnonzero(data.episode_index == ep)
-        detector = SuccessDetector(runtime, [], max_frame_age_s=0.0, max_state_age_s=0.0, debounce_frames=debounce,
-                                   episode_timeout_s=0.0, reward_mode="sparse", threshold=-1.0)
-        detector.on_episode("start", 0)
+        detector.start()
         event_at = None
         for i, row in enumerate(rows):
-            stamp = (i + 1) * STEP_NS
-            for cam in runtime.meta.cameras:
-                scored = detector.on_image(cam.name, data.images[cam.name][row], stamp, stamp, 0.0)
-            if scored is not None and scored.event == "success" and event_at is None:
+            frames += 1
+            _, success = detector.judge({c.name: data.images[c.name][row] for c in cameras}, frames * STEP_NS)
+            if success and event_at is None:
                 event_at = i
         labels = data.dones[rows].astype(bool)
         first = int(np.argmax(labels)) if labels.any() else None
