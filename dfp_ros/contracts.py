@@ -12,6 +12,8 @@ from typing import Any
 # --- ONNX model ------------------------------------------------------------------------------
 MODEL_FORMAT_VERSION = 1
 MODEL_WEIGHTS = ("float32", "int8")  # ModelMetadata.weights: how the exported graph stores its weights
+# How a learner runs one update: eagerly, or as one captured CUDA graph replayed (eager on a CPU).
+LEARNER_STEP_MODES = ("eager", "graphed")
 METADATA_KEY = "dfp_ros"  # metadata_props key holding the JSON below
 ACCEPTANCE_KEY = "dfp_ros.acceptance"  # fixed inputs + reference actions (dfp_ros.runtime.acceptance)
 

@@ -83,6 +83,27 @@ def test_the_loop_exports_int8_models_when_asked(tmp_path):
     assert path is not None and PolicyRuntime(path, device="cpu").meta.weights == "int8"
 
 
+def test_the_loop_runs_the_graphed_learner_step_when_asked_with_the_eager_numbers(tmp_path):
+    from dataclasses import replace
+
+    import torch
+    from test_finetune_node import make_sim_checkpoint
+
+    ckpt, _ = make_sim_checkpoint(tmp_path, hidden=(32,))
+    weights = {}
+    for mode in ("eager", "graphed"):
+        cfg = replace(_cfg(ckpt, tmp_path / mode), learner_mode=mode, export_every=0)
+        loop = learner_loop._Loop(cfg, queue.Queue(), queue.Queue(), parent_pid=-1)
+        loop._episode(_episode(20))
+        while loop._should_update():
+            loop._update()
+        # graphed: the update runs on static buffers (one CUDA graph on a GPU, the same maths eagerly here)
+        assert loop.learner.updates == 5 and (loop.learner.static_step is not None) == (mode == "graphed")
+        weights[mode] = {k: v.clone() for k, v in loop.learner.model.state_dict().items()}
+    for k, v in weights["eager"].items():
+        torch.testing.assert_close(weights["graphed"][k], v, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_that_fails_validation_is_never_sent(tmp_path, monkeypatch):
     from test_finetune_node import make_sim_checkpoint
 

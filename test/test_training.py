@@ -48,6 +48,23 @@ def test_critic_targets_stop_at_a_terminal_episode_end(multimodal_dataset):
     assert b.rewards[1].sum() == 0.0 and b.mask[1] == 1.0
 
 
+def test_a_done_frame_mid_episode_ends_the_chunk_there(multimodal_dataset):
+    # A play episode labelled with a task goes on after the task is solved: the solved frame is terminal for the
+    # critic (no bootstrap, nothing counted after it), although the episode's frames continue.
+    data = ChunkDataset("", multimodal_dataset, horizon=5, progress=False)
+    last = int(data.ep_end[0])
+    data.rewards[:last + 1] = -1.0
+    data.dones[:last + 1] = False
+    data.dones[3] = True
+    b = data.batch_at(np.array([1, 3, 4]), with_critic_targets=True)
+    assert b.rewards[0].tolist() == [-1.0, -1.0, -1.0, 0.0, 0.0] and b.mask[0] == 0.0
+    assert b.rewards[1].tolist() == [-1.0, 0.0, 0.0, 0.0, 0.0] and b.mask[1] == 0.0
+    # A chunk that starts after the solved frame, and an episode that ends without done (a time-out), bootstrap.
+    assert b.rewards[2].tolist() == [-1.0] * 5 and b.mask[2] == 1.0
+    timeout = data.batch_at(np.array([last - 1]), with_critic_targets=True)
+    assert timeout.rewards[0].tolist() == [-1.0, -1.0, 0.0, 0.0, 0.0] and timeout.mask[0] == 1.0
+
+
 def test_fixed_seed_reproduces_a_run_and_resume_continues_it_exactly(multimodal_dataset, tmp_path):
     a = _weights(_train(multimodal_dataset, tmp_path / "a", "--steps", "30"))
     b = _weights(_train(multimodal_dataset, tmp_path / "b", "--steps", "30"))

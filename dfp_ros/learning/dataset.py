@@ -203,11 +203,15 @@ class ChunkDataset:
                 raise DatasetError("critic training needs a reward column; the dataset has none")
             steps = idx[:, None] + np.arange(self.horizon)[None, :]
             inside = steps <= self.ep_end[idx][:, None]
-            batch.rewards = torch.from_numpy(np.where(inside, self.rewards[cidx], 0.0).astype(np.float32))
+            # A done frame inside the chunk ends the task there, also mid-episode (a play dataset labelled with
+            # a task's success goes on after it): no reward after it and no bootstrap. At an episode's last frame
+            # this is the usual terminal; an episode that ends without done is a time-out and bootstraps.
+            done = inside & self.dones[cidx] if self.dones is not None else np.zeros_like(inside)
+            after_done = np.cumsum(done, axis=1) - done > 0
+            live = inside & ~after_done
+            batch.rewards = torch.from_numpy(np.where(live, self.rewards[cidx], 0.0).astype(np.float32))
             nxt = np.minimum(idx + self.horizon, self.ep_end[idx])
             batch.next_state = torch.from_numpy(self.state[nxt])
             batch.next_images = {k: torch.from_numpy(v[nxt]) for k, v in self.images.items()}
-            reaches_end = idx + self.horizon > self.ep_end[idx]
-            terminal = reaches_end & (self.dones[self.ep_end[idx]] if self.dones is not None else False)
-            batch.mask = torch.from_numpy((~terminal).astype(np.float32))
+            batch.mask = torch.from_numpy((~done.any(axis=1)).astype(np.float32))
         return batch

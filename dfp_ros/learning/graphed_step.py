@@ -31,13 +31,14 @@ from dataclasses import fields
 
 import torch
 
+from dfp_ros import contracts
 from dfp_ros.learning.dataset import ChunkBatch
 from dfp_ros.learning.model import DFPModel
 from dfp_ros.learning.objectives import drift_bc_loss, mse_bc_loss
 
 log = logging.getLogger(__name__)
 
-STEP_MODES = ("eager", "graphed")
+STEP_MODES = contracts.LEARNER_STEP_MODES
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's CUDA-graph recipe uses a few)
 
 StepFn = Callable[[ChunkBatch], dict[str, torch.Tensor]]

@@ -59,6 +59,7 @@ class LoopConfig:
     replay_image_memory_gb: float = 8.0  # camera models: refuse a replay whose images would exceed this
     online_fraction: float = -1.0  # < 0: uniform over offline + online (the reference)
     device: str = "cpu"
+    learner_mode: str = "eager"  # contracts.LEARNER_STEP_MODES
     torch_threads: int = 1
     seed: int = 0
     online: dict[str, Any] = field(default_factory=dict)  # OnlineConfig fields
@@ -112,7 +113,7 @@ class _Loop:
         ocfg = OnlineConfig(**cfg.online)
         resume = (self.ckpt / "training_state.pt").is_file()
         source = self.ckpt if resume else Path(cfg.init_checkpoint)
-        self.learner, extra = OnlineLearner.load(source, ocfg, cfg.device)
+        self.learner, extra = OnlineLearner.load(source, ocfg, cfg.device, step_mode=cfg.learner_mode)
         if not resume:
             self.learner.rng = np.random.default_rng(cfg.seed)
             torch.manual_seed(cfg.seed)

@@ -19,9 +19,8 @@ under it, absolute ones are used as they are):
   <ns>/<executed_topic>    trajectory_msgs/JointTrajectory, the policy's `~/executed`: each command published
                            and who produced it (frame_id policy | human | hold); '' = not read
   <ns>/<reward_topic>      std_msgs/Float32
-  <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset, and the
-                           operator's words: discard (the episode is not learned from), pause /
-                           resume (learning updates; the policy and the joins go on)
+  <ns>/<episode_topic>     std_msgs/String: start / success / failure / timeout / reset, and the operator's
+                           words: discard (not learned from), pause / resume (learning; the policy and joins go on)
   -> chunk transitions (observation, executed chunk, rewards, next observation, mask), counted and
      dropped by reason when they cannot be joined exactly. An observation is assembled when every
      part is younger than `max_obs_age_s`. A malformed message is dropped and counted per kind.
@@ -151,6 +150,8 @@ PARAMS: list[Param] = [
     Param("pace_robot", False, "simulation only: hold the policy while the learner lags behind"),
     Param("max_update_lag", 200, "pace_robot: hold while the learner is this many updates behind", low=0),
     Param("device", "cpu", "torch device of the learner (cpu, cuda)"),
+    Param("learner_mode", "eager", "graphed: each update replays one CUDA graph (cuda; eager on a CPU)",
+          choices=contracts.LEARNER_STEP_MODES),
     Param("torch_threads", 1, "torch threads of the learner", low=1),
     Param("seed", 0, "learner seed"),
 ]
@@ -222,8 +223,7 @@ class FinetuneNode(Node):
             + "".join(f"camera {c} <- {t}{' (compressed)' if z else ''}, " for c, (t, z) in self.camera_topics.items())
             + f"{p['chunk_topic']}, {p['executed_topic'] or '(no executed topic)'}, {p['reward_topic']} "
             f"({p['reward_mode']}), {p['episode_topic']}; join "
-            f"{p['join']}, steps from {p['steps_from']}; H={meta.horizon}; "
-            f"models to {p['policy_node_name']} via "
+            f"{p['join']}, steps from {p['steps_from']}; H={meta.horizon}; models to {p['policy_node_name']} via "
             f"{'model_path parameter' if p['share_filesystem'] else contracts.TOPIC_MODEL_UPDATE}; output {out}")
 
     # --- one robot's subscriptions ----------------------------------------------------------------------

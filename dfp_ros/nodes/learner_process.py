@@ -27,7 +27,8 @@ ONLINE_PARAMS = ("num_candidates", "top_k", "lam", "ema_tau", "num_gen", "batch_
 # The finetune parameters that are LoopConfig fields of the same names.
 LOOP_PARAMS = ("init_checkpoint", "dataset_root", "dataset_repo_id", "warmup_steps", "updates_per_step",
                "export_every", "export_every_s", "export_num_samples", "export_weights", "checkpoint_every",
-               "replay_capacity", "online_fraction", "replay_image_memory_gb", "device", "torch_threads", "seed")
+               "replay_capacity", "online_fraction", "replay_image_memory_gb", "device", "learner_mode",
+               "torch_threads", "seed")
 
 
 def resuming(output_dir: str | Path) -> bool:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dfp_ros import contracts
 from dfp_ros.tools.arg_types import int_list
 from dfp_ros.tools.bench_main import run_and_report, standalone_main
 from dfp_ros.tools.train_bench import ACTION_DIM, STATE_DIM, _meta, _rate
@@ -157,7 +158,7 @@ def bench_learner(device: torch.device, mode: str = "graphed", seconds: float = 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--mode", choices=("eager", "graphed"), default="graphed",
+    p.add_argument("--mode", choices=contracts.LEARNER_STEP_MODES, default="graphed",
                    help="the static-buffer step's mode (graphed runs eagerly on a CPU)")
     p.add_argument("--seconds", type=float, default=5.0, help="time per measurement, split over the rounds")
     p.add_argument("--rounds", type=int, default=3)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from dfp_ros import contracts
 from dfp_ros.contracts import ContractError
 from dfp_ros.tools import weak_bc
 from dfp_ros.tools.arg_types import int_list
@@ -90,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int_list, default=(256, 256, 256), help="actor and critic MLP widths")
     p.add_argument("--top-k", type=int, default=4, help="online: the top K of the N candidates are positives")
     weak_bc.add_learner_arguments(p)  # --batch-size (both phases), --warmup-steps, --updates-per-step, ...
-    p.add_argument("--learner-mode", choices=("eager", "graphed"), default="eager",
+    p.add_argument("--learner-mode", choices=contracts.LEARNER_STEP_MODES, default="eager",
                    help="online learner step: graphed replays one CUDA graph per update (eager on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed (networks, batches, training episodes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks train")
