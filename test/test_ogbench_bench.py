@@ -108,3 +108,40 @@ def test_refused_in_one_line_before_anything_is_written(tmp_path, dataset, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert not work.exists()
+
+
+def test_the_ablation_starts_from_a_finished_offline_run_in_its_scene_and_refuses_an_unfinished_one(
+        tmp_path, dataset, capsys):
+    from dfp_ros.tools import finetune_ablation
+
+    work = tmp_path / "offline_run"
+
+    def stop_after_first(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_args(work, dataset, "--online-env-steps", "0"), on_evaluation=stop_after_first)
+
+    def ablation(out: Path):
+        return build_parser().parse_args([
+            "bench", "ablation", "--from-ogbench", str(work), "--out-dir", str(out), "--arms", "bc,k1",
+            "--seeds", "0", "--env-steps", "500", "--eval-every", "500", "--eval-episodes", "1",
+            "--warmup-steps", "0", "--updates-per-step", "0.01", "--batch-size", "16", "--num-candidates", "4",
+            "--export-every", "5", "--no-progress"])
+
+    # The offline phase stopped at 10 of its 20 steps: refused in one line, nothing started.
+    assert finetune_ablation.run_from_args(ablation(tmp_path / "refused")) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has not reached 20 steps (evaluated at [10])" in err[0]
+    assert not (tmp_path / "refused" / "summary.json").exists()
+
+    run(_args(work, dataset, "--online-env-steps", "0"))  # finish it
+    r = finetune_ablation.run(ablation(tmp_path / "ablation"))
+    assert (r["env"], r["task_id"], r["dataset"]) == ("cube-double-v0", 2, str(dataset.resolve()))
+    assert r["checkpoint"] == str(work / "offline" / "checkpoints" / "last")
+    # One cube-double episode (500 steps) of the K = 1 arm, learnt from: 5 updates on its chunk transitions.
+    k1 = r["arms"]["k1"]
+    assert k1["updates"] == [5] and list(k1["curve"]) == [0, 500]
+    with (tmp_path / "ablation" / "curves.csv").open() as f:
+        last = [row for row in csv.DictReader(f) if row["arm"] == "k1"][-1]
+    assert int(last["env_steps"]) == 500 and int(last["replay_online"]) > 0

@@ -4,6 +4,8 @@ The paper's ablation shape (BC only; DFP with N = 16, K = 4; K in {1, 2, 8}). Th
 the ROS graph (`dfp bench finetune`) one run takes 20 minutes on two cores, so this benchmark runs
 the very same learning components in one process, without ROS, and evaluates periodically:
 
+- start (`--from-ogbench WORK_DIR`): the offline checkpoint of a finished `dfp bench ogbench` run, in its
+  scene and task, the replay seeded with its play dataset (frames that solve the task terminal). Otherwise:
 - start: the weak BC policy + critic of `dfp bench finetune` (`prepare_weak_bc`: oracle demos ->
   BC + critic training), by default the same folder, so both benchmarks start from one checkpoint;
 - learner: `OnlineLearner.load(checkpoint, OnlineConfig(...))` with the arm's K and lambda, its
@@ -114,6 +116,11 @@ def _seeds(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="outputs/ablation", help="curves.csv, finetune_ablation.png, summary.json")
+    p.add_argument("--from-ogbench", default=None, metavar="WORK_DIR",
+                   help="start every arm from a finished `dfp bench ogbench` run's offline checkpoint (drift BC + "
+                        "critic on a play dataset) instead of the weak BC policy: its scene, task and play dataset "
+                        "(the replay's offline part; task-solving frames terminal); --bc-dir, --demos, --bc-steps, "
+                        "--hidden and --task-id are then not used")
     p.add_argument("--bc-dir", default=weak_bc.DEFAULT_WORK_DIR,
                    help="where the weak BC policy lives (made there if missing): by default the folder of "
                         "`dfp bench finetune`, so both benchmarks start from the same checkpoint")
@@ -147,6 +154,47 @@ class Setup:
     offline: ChunkDataset
     before: float
     models: Path  # scratch folder for exported snapshots
+    env_name: str = "cube-single-v0"
+    task_id: int = 1
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where the arms start: a checkpoint with a critic, the dataset seeding the replay, the scene and task."""
+
+    checkpoint: Path
+    dataset: Path
+    env_name: str
+    task_id: int
+    done_key: str  # the dataset column that ends the task for the critic
+    description: str
+
+
+def ogbench_start(work: Path) -> Start:
+    """The offline end of a finished `dfp bench ogbench` run (ValueError naming what is missing)."""
+    from dfp_ros.tools.ogbench_bench import CONFIG_FILE, PROGRESS_FILE, SUCCESS_KEY
+
+    config_path, progress_path = work / CONFIG_FILE, work / PROGRESS_FILE
+    if not config_path.is_file():
+        raise ValueError(f"--from-ogbench {work}: no {CONFIG_FILE} there; it is not a `dfp bench ogbench` work dir")
+    config = json.loads(config_path.read_text())
+    evaluations = json.loads(progress_path.read_text()).get("evaluations", []) if progress_path.is_file() else []
+    done = [e["offline_steps"] for e in evaluations if e["phase"] == "offline"]
+    checkpoint = work / "offline" / "checkpoints" / "last"
+    if config["offline_steps"] not in done or not (checkpoint / "config.json").is_file():
+        raise ValueError(f"--from-ogbench {work}: its offline phase has not reached {config['offline_steps']} steps "
+                         f"(evaluated at {done or 'none'}); finish it with `dfp bench ogbench` first")
+    return Start(checkpoint, Path(config["dataset"]), config["env"], int(config["task"]), SUCCESS_KEY,
+                 f"{config['env'].removesuffix('-v0')} task {config['task']}: DFP offline ({config['offline_steps']} "
+                 f"steps of drift BC + critic on a play dataset, {'x'.join(map(str, config['hidden']))}) + online "
+                 "fine-tuning")
+
+
+def weak_bc_start(a: argparse.Namespace) -> Start:
+    """The weak BC policy of `dfp bench finetune` (made in --bc-dir when missing)."""
+    data, ckpt = weak_bc.prepare_weak_bc(Path(a.bc_dir), a.demos, a.bc_steps, a.hidden, a.task_id, _log)
+    return Start(ckpt, data, "cube-single-v0", a.task_id, "next.done",
+                 f"cube-single task {a.task_id}: weak BC ({a.demos} demos, {a.bc_steps} steps) + online fine-tuning")
 
 
 @dataclass
@@ -217,7 +265,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
 
     res.rows.append(row(0, setup.before))
     pending = checkpoints[1:]
-    with CubeSim(task_id=a.task_id, seed=train_seed) as sim:
+    with CubeSim(setup.env_name, task_id=setup.task_id, seed=train_seed) as sim:
         while tuner.env_steps < a.env_steps:
             rec = tuner.episode(sim)
             recent.append(int(rec.success))
@@ -228,7 +276,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                 label = a.env_steps if env_steps >= a.env_steps else passed[-1]
                 pending = [c for c in pending if c > env_steps]
                 model = export_acting_model(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
-                ev = weak_bc.evaluate_model(model, a.eval_episodes, a.task_id, a.eval_seed)
+                ev = weak_bc.evaluate_model(model, a.eval_episodes, setup.task_id, a.eval_seed, env_name=setup.env_name)
                 res.rows.append(row(label, ev["success_rate"]))
             on_steps(rec.steps, {"arm": arm.key, "seed": seed, "updates": learner.updates,
                                  "recent": float(np.mean(recent)),
@@ -310,16 +358,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     out = Path(a.out_dir)
     (out / "models").mkdir(parents=True, exist_ok=True)
     cpu0, t0 = weak_bc.cpu_seconds(), time.monotonic()
-    data, ckpt = weak_bc.prepare_weak_bc(Path(a.bc_dir), a.demos, a.bc_steps, a.hidden, a.task_id, _log)
+    start = ogbench_start(Path(a.from_ogbench)) if a.from_ogbench else weak_bc_start(a)
+    ckpt = start.checkpoint
     before_model = weak_bc.export_model(ckpt, out / "models" / "before.onnx", a.num_candidates)
-    _log(f"evaluating the BC policy: {a.eval_episodes} episodes, seeds {a.eval_seed}..")
-    before = weak_bc.evaluate_model(before_model, a.eval_episodes, a.task_id, a.eval_seed)["success_rate"]
-    _log(f"BC policy: success {before:.0%}")
+    _log(f"evaluating the starting policy ({ckpt}): {a.eval_episodes} episodes, seeds {a.eval_seed}..")
+    before = weak_bc.evaluate_model(before_model, a.eval_episodes, start.task_id, a.eval_seed,
+                                    env_name=start.env_name)["success_rate"]
+    _log(f"starting policy: success {before:.0%}")
     meta = load_checkpoint(ckpt)[0].meta
     # Loaded once: every run's replay is seeded with the same (read-only) demonstrations.
-    offline = ChunkDataset("", str(data), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
-                           image_keys=[], progress=False)
-    setup = Setup(ckpt, offline, before, out / "models")
+    offline = ChunkDataset("", str(start.dataset), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
+                           image_keys=[], done_key=start.done_key, progress=False)
+    setup = Setup(ckpt, offline, before, out / "models", start.env_name, start.task_id)
     # Seed-major, so a time-limited benchmark has every arm at least once before any arm twice. The BC
     # policy is the same for every seed (one checkpoint, fixed evaluation seeds): listed once.
     plan = [(arm, seed) for seed in a.seeds for arm in a.arms if arm.finetune or seed == a.seeds[0]]
@@ -329,9 +379,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     results: list[RunResult] = []
     skipped: list[str] = []
     durations: list[float] = []
-    title = (f"cube-single task {a.task_id}: weak BC ({a.demos} demos, {a.bc_steps} steps) + online fine-tuning, "
-             f"N={a.num_candidates}, lambda=0.5 (DFP arms)\n{a.eval_episodes} eval episodes per point, in-process "
-             f"(dfp bench ablation), {a.updates_per_step:g} updates/step, batch {a.batch_size}")
+    title = (f"{start.description}\nN={a.num_candidates}, lambda=0.5 (DFP arms), {a.eval_episodes} eval episodes per "
+             f"point, in-process (dfp bench ablation), {a.updates_per_step:g} updates/step, batch {a.batch_size}")
     pngs = [out / "finetune_ablation.png"] + ([Path(a.png)] if a.png else [])
     for arm, seed in plan:
         elapsed = time.monotonic() - t0
@@ -364,8 +413,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "before_success": before, "arms": summarize(results), "skipped": skipped,
         "env_steps_per_run": a.env_steps, "eval_every": a.eval_every, "eval_episodes": a.eval_episodes,
         "eval_seeds": [a.eval_seed, a.eval_seed + a.eval_episodes - 1], "seeds": a.seeds,
-        "train_seeds_from": [weak_bc.TRAIN_SEED + s * SEED_STRIDE for s in a.seeds], "task_id": a.task_id,
-        "demos": a.demos, "bc_steps": a.bc_steps, "hidden": a.hidden, "checkpoint": str(ckpt),
+        "train_seeds_from": [weak_bc.TRAIN_SEED + s * SEED_STRIDE for s in a.seeds], "env": start.env_name,
+        "task_id": start.task_id, "start": start.description, "checkpoint": str(ckpt), "dataset": str(start.dataset),
+        **({"from_ogbench": a.from_ogbench} if a.from_ogbench else
+           {"demos": a.demos, "bc_steps": a.bc_steps, "hidden": a.hidden}),
         "warmup_steps": a.warmup_steps, "updates_per_step": a.updates_per_step, "batch_size": a.batch_size,
         "num_candidates": a.num_candidates, "export_every": a.export_every,
         "torch_threads": a.torch_threads, "run_wall_s": [r.wall_s for r in results if r.arm.finetune],
