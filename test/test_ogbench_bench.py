@@ -124,8 +124,8 @@ def test_the_ablation_starts_from_a_finished_offline_run_in_its_scene_and_refuse
 
     def ablation(out: Path):
         return build_parser().parse_args([
-            "bench", "ablation", "--from-ogbench", str(work), "--out-dir", str(out), "--arms", "bc,k1",
-            "--seeds", "0", "--env-steps", "500", "--eval-every", "500", "--eval-episodes", "1",
+            "bench", "ablation", "--from-ogbench", str(work), "--out-dir", str(out), "--arms", "bc,k1,k2",
+            "--seeds", "0", "--jobs", "2", "--env-steps", "500", "--eval-every", "500", "--eval-episodes", "1",
             "--warmup-steps", "0", "--updates-per-step", "0.01", "--batch-size", "16", "--num-candidates", "4",
             "--export-every", "5", "--no-progress"])
 
@@ -139,9 +139,12 @@ def test_the_ablation_starts_from_a_finished_offline_run_in_its_scene_and_refuse
     r = finetune_ablation.run(ablation(tmp_path / "ablation"))
     assert (r["env"], r["task_id"], r["dataset"]) == ("cube-double-v0", 2, str(dataset.resolve()))
     assert r["checkpoint"] == str(work / "offline" / "checkpoints" / "last")
-    # One cube-double episode (500 steps) of the K = 1 arm, learnt from: 5 updates on its chunk transitions.
-    k1 = r["arms"]["k1"]
-    assert k1["updates"] == [5] and list(k1["curve"]) == [0, 500]
+    # Two worker processes: each arm one cube-double episode (500 steps), learnt from: 5 updates on its chunk
+    # transitions. The curves keep the plan's order whichever run ends first.
+    assert list(r["arms"]) == ["bc", "k1", "k2"]
+    for key in ("k1", "k2"):
+        assert r["arms"][key]["updates"] == [5] and list(r["arms"][key]["curve"]) == [0, 500]
     with (tmp_path / "ablation" / "curves.csv").open() as f:
-        last = [row for row in csv.DictReader(f) if row["arm"] == "k1"][-1]
-    assert int(last["env_steps"]) == 500 and int(last["replay_online"]) > 0
+        rows = list(csv.DictReader(f))
+    assert [row["arm"] for row in rows] == ["bc", "bc", "k1", "k1", "k2", "k2"]
+    assert all(int(row["env_steps"]) == 500 and int(row["replay_online"]) > 0 for row in rows[3::2])

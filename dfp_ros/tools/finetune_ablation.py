@@ -132,6 +132,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     weak_bc.add_weak_bc_arguments(p)
     weak_bc.add_learner_arguments(p)
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (leave cores to others)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with --torch-threads threads (about one per core)")
     p.add_argument("--time-limit-min", type=float, default=0.0,
                    help="do not start a run that would likely end past this many minutes from the start "
                         "(estimated from the slowest finished run); 0: no limit")
@@ -345,15 +347,66 @@ def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str) -> N
     plt.close(fig)
 
 
+_WORKER: tuple[Setup, argparse.Namespace] | None = None  # a worker process's shared setup
+
+
+def make_setup(start: Start, before: float, models: Path) -> Setup:
+    """What the runs share; the seeding dataset is loaded once per process (read-only)."""
+    from dfp_ros.learning.dataset import ChunkDataset
+    from dfp_ros.learning.model import load_checkpoint
+
+    meta = load_checkpoint(start.checkpoint)[0].meta
+    offline = ChunkDataset("", str(start.dataset), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
+                           image_keys=[], done_key=start.done_key, progress=False)
+    return Setup(start.checkpoint, offline, before, models, start.env_name, start.task_id)
+
+
+def _init_worker(start: Start, before: float, models: Path, a: argparse.Namespace) -> None:
+    import torch
+
+    global _WORKER
+    torch.set_num_threads(max(1, a.torch_threads))
+    _WORKER = (make_setup(start, before, models), a)
+
+
+def _run_in_worker(arm: Arm, seed: int) -> RunResult:
+    assert _WORKER is not None, "the worker was not initialised"
+    return run_arm(arm, seed, *_WORKER)
+
+
+def run_in_workers(plan: list[tuple[Arm, int]], a: argparse.Namespace, start: Start, before: float, models: Path,
+                   may_start: Callable[[Arm, int], bool], on_finished: Callable[[int, RunResult], None],
+                   bar: Any) -> None:
+    """--jobs > 1: the plan's runs in that many worker processes (spawned: no forked torch state), started in
+    plan order while a worker is free; the bar moves when a run ends."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = list(enumerate(plan))
+    with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(start, before, models, a)) as pool:
+        running: dict[Any, int] = {}
+        while pending or running:
+            while pending and len(running) < a.jobs:
+                i, (arm, seed) = pending.pop(0)
+                if may_start(arm, seed):
+                    running[pool.submit(_run_in_worker, arm, seed)] = i
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                r = future.result()
+                bar.update(a.env_steps if r.arm.finetune else 0)
+                on_finished(running.pop(future), r)
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from dfp_ros.learning.dataset import ChunkDataset
-    from dfp_ros.learning.model import load_checkpoint
 
-    if a.env_steps < 1 or a.eval_every < 1:
-        raise ValueError("--env-steps and --eval-every must be positive")
+    if a.env_steps < 1 or a.eval_every < 1 or a.jobs < 1:
+        raise ValueError("--env-steps, --eval-every and --jobs must be positive")
     torch.set_num_threads(max(1, a.torch_threads))
     out = Path(a.out_dir)
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -365,11 +418,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     before = weak_bc.evaluate_model(before_model, a.eval_episodes, start.task_id, a.eval_seed,
                                     env_name=start.env_name)["success_rate"]
     _log(f"starting policy: success {before:.0%}")
-    meta = load_checkpoint(ckpt)[0].meta
-    # Loaded once: every run's replay is seeded with the same (read-only) demonstrations.
-    offline = ChunkDataset("", str(start.dataset), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
-                           image_keys=[], done_key=start.done_key, progress=False)
-    setup = Setup(ckpt, offline, before, out / "models", start.env_name, start.task_id)
+    setup = make_setup(start, before, out / "models")  # every run's replay is seeded with the same demonstrations
     # Seed-major, so a time-limited benchmark has every arm at least once before any arm twice. The BC
     # policy is the same for every seed (one checkpoint, fixed evaluation seeds): listed once.
     plan = [(arm, seed) for seed in a.seeds for arm in a.arms if arm.finetune or seed == a.seeds[0]]
@@ -382,32 +431,42 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     title = (f"{start.description}\nN={a.num_candidates}, lambda=0.5 (DFP arms), {a.eval_episodes} eval episodes per "
              f"point, in-process (dfp bench ablation), {a.updates_per_step:g} updates/step, batch {a.batch_size}")
     pngs = [out / "finetune_ablation.png"] + ([Path(a.png)] if a.png else [])
-    for arm, seed in plan:
+    finished: dict[int, RunResult] = {}  # by place in the plan: curves and plot keep the plan's order
+
+    def may_start(arm: Arm, seed: int) -> bool:
         elapsed = time.monotonic() - t0
         if arm.finetune and a.time_limit_min > 0 and durations and \
                 elapsed + max(durations) > a.time_limit_min * 60:
             skipped.append(f"{arm.key}/seed{seed}")
             _log(f"skipping {arm.label}, seed {seed}: would likely end past the {a.time_limit_min:g}-minute limit")
-            continue
+            return False
         if arm.finetune:
             _log(f"{arm.label}, seed {seed}: {a.env_steps} env steps (warm-up {a.warmup_steps}), "
                  f"K={arm.top_k}, lambda={arm.lam:g}")
+        return True
 
+    def on_finished(i: int, r: RunResult) -> None:
+        finished[i] = r
+        if r.arm.finetune:
+            durations.append(r.wall_s)
+            curve = ", ".join(f"{row['checkpoint']}: {row['success_rate']:.0%}" for row in r.rows)
+            _log(f"{r.arm.label}, seed {r.seed} done in {r.wall_s / 60:.1f} min: {r.updates} updates, "
+                 f"{r.models_swapped} models swapped in; success at env steps {curve}")
+        results[:] = [finished[j] for j in sorted(finished)]
+        write_csv(out / "curves.csv", results)
+        plot(pngs, summarize(results), title)
+
+    if a.jobs == 1:
         def on_steps(n: int, info: dict[str, Any]) -> None:
             bar.update(n)
             bar.set_postfix(arm=info["arm"], seed=info["seed"], updates=info["updates"],
                             recent=f"{info['recent']:.2f}", evaluated=f"{info['eval']:.2f}", refresh=False)
 
-        r = run_arm(arm, seed, setup, a, on_steps)
-        results.append(r)
-        if arm.finetune:
-            durations.append(r.wall_s)
-            curve = ", ".join(f"{row['checkpoint']}: {row['success_rate']:.0%}" for row in r.rows)
-            _log(f"{arm.label}, seed {seed} done in {r.wall_s / 60:.1f} min: {r.updates} updates, "
-                 f"{r.models_swapped} models swapped in; success at env steps {curve}")
-        summary = summarize(results)
-        write_csv(out / "curves.csv", results)
-        plot(pngs, summary, title)
+        for i, (arm, seed) in enumerate(plan):
+            if may_start(arm, seed):
+                on_finished(i, run_arm(arm, seed, setup, a, on_steps))
+    else:
+        run_in_workers(plan, a, start, before, setup.models, may_start, on_finished, bar)
     bar.close()
     result = {
         "before_success": before, "arms": summarize(results), "skipped": skipped,
