@@ -322,12 +322,19 @@ def test_evaluate_executes_whole_chunks() -> None:
         return np.zeros((5, 5), np.float32)
 
     out = evaluate(still, episodes=1, seed=0, chunk_execution=True)
-    assert out == {"success_rate": 0.0, "episodes": 1, "successes": 0, "env_steps": 200}
+    assert out == {"success_rate": 0.0, "episodes": 1, "successes": 0, "env_steps": 200, "cubes_placed": 0.0}
     assert len(calls) == 40 and calls[0] == (28,)  # 200 steps / H=5
 
     calls.clear()
     out = evaluate(still, episodes=1, seed=0, chunk_execution=False)
     assert out["env_steps"] == 200 and len(calls) == 200
+
+
+def test_evaluate_reports_the_share_of_cubes_placed_at_the_end() -> None:
+    # cube-double task 1 starts with one of its two cubes on its target: a robot that does not move fails
+    # the task but ends every episode with half the cubes placed.
+    out = evaluate(lambda s: np.zeros((5, 5), np.float32), episodes=2, env_name="cube-double-v0", task_id=1)
+    assert out["success_rate"] == 0.0 and out["cubes_placed"] == 0.5 and out["env_steps"] == 1000
 
 
 def test_evaluate_rejects_bad_chunks() -> None:

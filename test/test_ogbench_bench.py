@@ -68,7 +68,9 @@ def test_chain_runs_resumes_without_repeating_and_refuses_other_settings(tmp_pat
     assert [(x["phase"], x["offline_steps"], x["online_env_steps"], x["episodes"]) for x in rows] == [
         ("offline", "10", "0", "2"), ("offline", "20", "0", "2"), ("online", "20", "500", "2"),
         ("online", "20", "1000", "2")]
-    assert all(0.0 <= float(x["success_rate"]) <= 1.0 and float(x["cpu_s"]) > 0 for x in rows)
+    # A success places every cube: the share of cubes placed is at least the success rate.
+    assert all(0.0 <= float(x["success_rate"]) <= float(x["cubes_placed"]) <= 1.0 and float(x["cpu_s"]) > 0
+               for x in rows)
     # The resumed learner went on where it stopped: the whole budget's updates, one acting model per 5.
     assert r["online"]["updates"] == 10 and r["online"]["train_episodes"] == 2
     assert r["online"]["models_swapped"] == 2 and r["online"]["replay_online"] > 0
@@ -81,7 +83,8 @@ def test_chain_runs_resumes_without_repeating_and_refuses_other_settings(tmp_pat
     # Finished: a rerun evaluates nothing and prints the JSON line last.
     assert run_from_args(_args(work, dataset)) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["evaluations"] == [{"phase": p, "steps": s, "success_rate": float(x["success_rate"])}
+    assert line["evaluations"] == [{"phase": p, "steps": s, "success_rate": float(x["success_rate"]),
+                                    "cubes_placed": float(x["cubes_placed"])}
                                    for (p, s), x in zip([("offline", 10), ("offline", 20), ("online", 500),
                                                          ("online", 1000)], rows, strict=True)]
     assert (line["env"], line["task"], line["device"], line["offline_steps"]) == ("cube-double-v0", 2, "cpu", 20)

@@ -69,7 +69,7 @@ SEED_STRIDE = 10_000  # training seeds of run seed s: TRAIN_SEED + s * SEED_STRI
 RECENT = 20  # training episodes in the "recent success" column (the learning curve's window)
 DEFAULT_ARMS = "bc,k4,k1,k2,k8,lam0"  # reference first, so a time-limited run has it
 CSV_COLUMNS = ("arm", "label", "seed", "top_k", "lam", "checkpoint", "env_steps", "updates", "episodes",
-               "success_rate", "eval_episodes", "train_success_recent", "replay_online", "dropped",
+               "success_rate", "cubes_placed", "eval_episodes", "train_success_recent", "replay_online", "dropped",
                "models_swapped", "actor_param_delta", "critic_loss", "q_mean", "topk_q", "wall_s")
 
 
@@ -158,6 +158,7 @@ class Setup:
     models: Path  # scratch folder for exported snapshots
     env_name: str = "cube-single-v0"
     task_id: int = 1
+    before_placed: float = 0.0  # the starting policy's share of cubes placed at an episode's end
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
     checkpoints = [*range(0, a.env_steps, a.eval_every), a.env_steps]
     if not arm.finetune:  # the BC policy is never updated: its score at every checkpoint is the step-0 one
         res.rows = [{**base, "checkpoint": c, "env_steps": c, "updates": 0, "episodes": 0,
-                     "success_rate": setup.before, "actor_param_delta": 0.0, "wall_s": 0.0} for c in checkpoints]
+                     "success_rate": setup.before, "cubes_placed": setup.before_placed, "actor_param_delta": 0.0,
+                     "wall_s": 0.0} for c in checkpoints]
         return res
     learner, _ = OnlineLearner.load(setup.checkpoint, OnlineConfig(
         num_candidates=a.num_candidates, top_k=arm.top_k, lam=arm.lam, batch_size=a.batch_size))
@@ -255,17 +257,17 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                          act_rng=np.random.default_rng(train_seed))
     recent: deque[int] = deque(maxlen=RECENT)
 
-    def row(checkpoint: int, success: float) -> dict[str, Any]:
+    def row(checkpoint: int, success: float, placed: float) -> dict[str, Any]:
         last = tuner.losses()
         return {**base, "checkpoint": checkpoint, "env_steps": tuner.env_steps, "updates": learner.updates,
-                "episodes": tuner.episodes, "success_rate": success,
+                "episodes": tuner.episodes, "success_rate": success, "cubes_placed": placed,
                 "train_success_recent": round(float(np.mean(recent)), 3) if recent else "",
                 "replay_online": replay.size, "dropped": sum(joiner.dropped.values()),
                 "models_swapped": tuner.models_swapped, "actor_param_delta": round(_actor_delta(learner, initial), 6),
                 **{k: round(last[k], 5) for k in ("critic_loss", "q_mean", "topk_q") if k in last},
                 "wall_s": round(time.monotonic() - t0, 1)}
 
-    res.rows.append(row(0, setup.before))
+    res.rows.append(row(0, setup.before, setup.before_placed))
     pending = checkpoints[1:]
     with CubeSim(setup.env_name, task_id=setup.task_id, seed=train_seed) as sim:
         while tuner.env_steps < a.env_steps:
@@ -279,7 +281,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                 pending = [c for c in pending if c > env_steps]
                 model = export_acting_model(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
                 ev = weak_bc.evaluate_model(model, a.eval_episodes, setup.task_id, a.eval_seed, env_name=setup.env_name)
-                res.rows.append(row(label, ev["success_rate"]))
+                res.rows.append(row(label, ev["success_rate"], ev["cubes_placed"]))
             on_steps(rec.steps, {"arm": arm.key, "seed": seed, "updates": learner.updates,
                                  "recent": float(np.mean(recent)),
                                  "eval": res.rows[-1]["success_rate"]})
@@ -293,10 +295,11 @@ def summarize(results: list[RunResult]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in results:
         arm = out.setdefault(r.arm.key, {"label": r.arm.label, "seeds": [], "curve": {}, "updates": [],
-                                         "final_per_seed": []})
+                                         "final_per_seed": [], "final_cubes_placed_per_seed": []})
         arm["seeds"].append(r.seed)
         arm["updates"].append(r.updates)
         arm["final_per_seed"].append(r.rows[-1]["success_rate"])
+        arm["final_cubes_placed_per_seed"].append(r.rows[-1]["cubes_placed"])
         for row in r.rows:
             arm["curve"].setdefault(int(row["checkpoint"]), []).append(float(row["success_rate"]))
     for arm in out.values():
@@ -350,7 +353,7 @@ def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str) -> N
 _WORKER: tuple[Setup, argparse.Namespace] | None = None  # a worker process's shared setup
 
 
-def make_setup(start: Start, before: float, models: Path) -> Setup:
+def make_setup(start: Start, before: dict[str, Any], models: Path) -> Setup:
     """What the runs share; the seeding dataset is loaded once per process (read-only)."""
     from dfp_ros.learning.dataset import ChunkDataset
     from dfp_ros.learning.model import load_checkpoint
@@ -358,10 +361,11 @@ def make_setup(start: Start, before: float, models: Path) -> Setup:
     meta = load_checkpoint(start.checkpoint)[0].meta
     offline = ChunkDataset("", str(start.dataset), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
                            image_keys=[], done_key=start.done_key, progress=False)
-    return Setup(start.checkpoint, offline, before, models, start.env_name, start.task_id)
+    return Setup(start.checkpoint, offline, before["success_rate"], models, start.env_name, start.task_id,
+                 before["cubes_placed"])
 
 
-def _init_worker(start: Start, before: float, models: Path, a: argparse.Namespace) -> None:
+def _init_worker(start: Start, before: dict[str, Any], models: Path, a: argparse.Namespace) -> None:
     import torch
 
     global _WORKER
@@ -374,8 +378,8 @@ def _run_in_worker(arm: Arm, seed: int) -> RunResult:
     return run_arm(arm, seed, *_WORKER)
 
 
-def run_in_workers(plan: list[tuple[Arm, int]], a: argparse.Namespace, start: Start, before: float, models: Path,
-                   may_start: Callable[[Arm, int], bool], on_finished: Callable[[int, RunResult], None],
+def run_in_workers(plan: list[tuple[Arm, int]], a: argparse.Namespace, start: Start, before: dict[str, Any],
+                   models: Path, may_start: Callable[[Arm, int], bool], on_finished: Callable[[int, RunResult], None],
                    bar: Any) -> None:
     """--jobs > 1: the plan's runs in that many worker processes (spawned: no forked torch state), started in
     plan order while a worker is free; the bar moves when a run ends."""
@@ -415,10 +419,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     ckpt = start.checkpoint
     before_model = weak_bc.export_model(ckpt, out / "models" / "before.onnx", a.num_candidates)
     _log(f"evaluating the starting policy ({ckpt}): {a.eval_episodes} episodes, seeds {a.eval_seed}..")
-    before = weak_bc.evaluate_model(before_model, a.eval_episodes, start.task_id, a.eval_seed,
-                                    env_name=start.env_name)["success_rate"]
-    _log(f"starting policy: success {before:.0%}")
-    setup = make_setup(start, before, out / "models")  # every run's replay is seeded with the same demonstrations
+    start_eval = weak_bc.evaluate_model(before_model, a.eval_episodes, start.task_id, a.eval_seed,
+                                        env_name=start.env_name)
+    before = start_eval["success_rate"]
+    _log(f"starting policy: success {before:.0%}, {start_eval['cubes_placed']:.0%} of the cubes placed")
+    setup = make_setup(start, start_eval, out / "models")  # every run's replay is seeded with the same demonstrations
     # Seed-major, so a time-limited benchmark has every arm at least once before any arm twice. The BC
     # policy is the same for every seed (one checkpoint, fixed evaluation seeds): listed once.
     plan = [(arm, seed) for seed in a.seeds for arm in a.arms if arm.finetune or seed == a.seeds[0]]
@@ -466,7 +471,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if may_start(arm, seed):
                 on_finished(i, run_arm(arm, seed, setup, a, on_steps))
     else:
-        run_in_workers(plan, a, start, before, setup.models, may_start, on_finished, bar)
+        run_in_workers(plan, a, start, start_eval, setup.models, may_start, on_finished, bar)
     bar.close()
     result = {
         "before_success": before, "arms": summarize(results), "skipped": skipped,
@@ -491,8 +496,9 @@ def summary(r: dict[str, Any]) -> str:
     lines = []
     for arm in r["arms"].values():
         finals = ", ".join(f"{v:.0%}" for v in arm["final_per_seed"])
+        placed = ", ".join(f"{v:.0%}" for v in arm["final_cubes_placed_per_seed"])
         lines.append(f"{arm['label']:<26} seeds {arm['seeds']}: {r['before_success']:.0%} -> {arm['final_mean']:.0%} "
-                     f"(per seed {finals})")
+                     f"(per seed {finals}; cubes placed at the end {placed})")
     lines.append(f"{r['env_steps_per_run']} env steps per run, {r['eval_episodes']} eval episodes per point; "
                  f"wall {r['wall_s'] / 60:.1f} min, CPU {r['cpu_s'] / 60:.1f} min; curves {r['csv']}, "
                  f"plot {r['png'][-1]}")

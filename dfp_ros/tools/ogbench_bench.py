@@ -60,8 +60,8 @@ PAPER_AVERAGES = {"source": "the DFP paper's results table", "DFP (K = 4)": 95.6
 
 SUCCESS_KEY = "next.success"  # the critic's terminal mask: a success ends the task, a time-out does not
 SEED_STRIDE = 10_000  # training episodes of run seed s are reset with TRAIN_SEED + s * SEED_STRIDE + episode
-CSV_COLUMNS = ("phase", "offline_steps", "online_env_steps", "success_rate", "successes", "episodes", "wall_s",
-               "cpu_s")
+CSV_COLUMNS = ("phase", "offline_steps", "online_env_steps", "success_rate", "successes", "episodes",
+               "cubes_placed", "wall_s", "cpu_s")
 CONFIG_FILE, PROGRESS_FILE = "config.json", "progress.json"
 
 
@@ -270,7 +270,7 @@ def offline_phase(a: argparse.Namespace, work: Path, dataset: Path, progress: Pr
         ev = _evaluate(weak_bc.export_model(ckpt, work / "models" / "offline_eval.onnx", a.num_candidates), a)
         row = progress.add({"phase": "offline", "offline_steps": k, "online_env_steps": 0,
                             "success_rate": ev["success_rate"], "successes": ev["successes"],
-                            "episodes": ev["episodes"]})
+                            "episodes": ev["episodes"], "cubes_placed": ev["cubes_placed"]})
         _log(f"offline step {k}: success {ev['success_rate']:.0%} ({ev['successes']}/{ev['episodes']})")
         report(row)
     return ckpt
@@ -332,7 +332,8 @@ def online_phase(a: argparse.Namespace, work: Path, dataset: Path, start: Path, 
             row = progress.add({"phase": "online", "offline_steps": a.offline_steps,
                                 "online_env_steps": tuner.env_steps, "success_rate": ev["success_rate"],
                                 "successes": ev["successes"], "episodes": ev["episodes"],
-                                "updates": learner.updates, "train_episodes": tuner.episodes,
+                                "cubes_placed": ev["cubes_placed"], "updates": learner.updates,
+                                "train_episodes": tuner.episodes,
                                 "train_successes": train_successes, "models_swapped": tuner.models_swapped,
                                 "replay_online": replay.size, "dropped": dict(joiner.dropped),
                                 **{k: round(v, 5) for k, v in tuner.losses().items()
@@ -366,7 +367,11 @@ def plot_curve(path: Path, evaluations: list[dict[str, Any]], env: str, title: s
                                      (ax_on, "online", "online_env_steps", "online environment steps")):
         rows = [e for e in evaluations if e["phase"] == phase]
         if rows:
-            ax.plot([e[x_key] for e in rows], [e["success_rate"] for e in rows], marker="o", label="DFP (this run)")
+            xs = [e[x_key] for e in rows]
+            (line,) = ax.plot(xs, [e["success_rate"] for e in rows], marker="o", label="DFP success (this run)")
+            if all("cubes_placed" in e for e in rows):  # partial progress, where success is still rare
+                ax.plot(xs, [e["cubes_placed"] for e in rows], marker=".", linestyle="--", color=line.get_color(),
+                        alpha=0.6, label="DFP: share of cubes placed at the episode's end")
         points = ref.get(phase, {})
         if points:
             after = "; after its 1M offline steps" if phase == "online" else ""
@@ -381,7 +386,7 @@ def plot_curve(path: Path, evaluations: list[dict[str, Any]], env: str, title: s
                       label="DFP at the end of offline")
     if "online_end" in ref:
         ax_on.axhline(ref["online_end"], linestyle=":", color="black", label="QC after online (steps not given)")
-    ax_off.set_ylabel("success rate (seeded eval episodes)")
+    ax_off.set_ylabel("success rate / cubes placed (seeded eval episodes)")
     ax_off.set_ylim(-0.02, 1.02)
     for ax in (ax_off, ax_on):
         if ax.has_data():
@@ -477,8 +482,10 @@ def summary(r: dict[str, Any]) -> str:
     def steps(e: dict[str, Any]) -> str:
         return f"offline {e['offline_steps']}" if e["phase"] == "offline" else f"online +{e['online_env_steps']}"
 
-    lines = [f"{r['env']} task {r['task']}: " + ", ".join(f"{steps(e)}: {e['success_rate']:.0%}"
-                                                          for e in r["evaluations"])]
+    lines = [f"{r['env']} task {r['task']}: " + ", ".join(
+        f"{steps(e)}: {e['success_rate']:.0%}" + (f" ({e['cubes_placed']:.0%} of cubes placed)"
+                                                  if e.get("cubes_placed") is not None else "")
+        for e in r["evaluations"])]
     ref = r["qc_reference"]
     if ref:
         qc = [f"offline {s}: {v:.0%}" for s, v in ref["offline"].items()]
@@ -493,7 +500,7 @@ def summary(r: dict[str, Any]) -> str:
 def to_json(r: dict[str, Any]) -> dict[str, Any]:
     """The JSON line: the curve and its reference, without the run's details (those are in summary.json)."""
     evaluations = [{"phase": e["phase"], "steps": e["offline_steps" if e["phase"] == "offline" else "online_env_steps"],
-                    "success_rate": e["success_rate"]} for e in r["evaluations"]]
+                    "success_rate": e["success_rate"], "cubes_placed": e.get("cubes_placed")} for e in r["evaluations"]]
     return {"env": r["env"], "task": r["task"], "offline_steps": r["offline_steps"],
             "online_env_steps": r["online_env_steps"], "evaluations": evaluations,
             "final_success_rate": r["final_success_rate"], "device": r["device"],
