@@ -151,3 +151,21 @@ def test_the_ablation_starts_from_a_finished_offline_run_in_its_scene_and_refuse
         rows = list(csv.DictReader(f))
     assert [row["arm"] for row in rows] == ["bc", "bc", "k1", "k1", "k2", "k2"]
     assert all(int(row["env_steps"]) == 500 and int(row["replay_online"]) > 0 for row in rows[3::2])
+
+
+def test_a_dataset_grown_after_the_run_started_is_another_run(tmp_path, dataset, capsys):
+    import shutil
+
+    from dfp_ros.sim.play_datasets import PlayConfig, make_play_dataset
+
+    grown = tmp_path / "play"
+    shutil.copytree(dataset, grown)
+    work = tmp_path / "run"
+    schedule = ("--offline-steps", "10", "--online-env-steps", "0", "--eval-episodes", "1")
+    run(_args(work, grown, *schedule))
+    files = {p: p.read_bytes() for p in (work / "curve.csv", work / "config.json", work / "progress.json")}
+    make_play_dataset(grown, 3, PlayConfig(env_name="cube-double-v0", task_id=2, episode_steps=60), progress=False)
+    assert run_from_args(_args(work, grown, *schedule)) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset_episodes: 2 there, 3 asked" in err[0]
+    assert {p: p.read_bytes() for p in files} == files

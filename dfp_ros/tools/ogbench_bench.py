@@ -173,8 +173,11 @@ def check_dataset(root: Path, env: str, task: int) -> None:
 
 def run_config(a: argparse.Namespace, dataset: Path, made_here: bool) -> dict[str, Any]:
     """What decides the curve; a work dir is only ever continued with the same."""
+    # A given dataset's size is part of the run: one grown later (`dfp make-play-dataset` appends) is another run.
+    info = dataset / "meta" / "info.json"
+    given = json.loads(info.read_text()).get("total_episodes") if not made_here and info.is_file() else None
     return {"env": a.env, "task": a.task, "dataset": str(dataset.resolve()),
-            "dataset_episodes": a.dataset_episodes if made_here else None,
+            "dataset_episodes": a.dataset_episodes if made_here else given,
             **{k: getattr(a, k) for k in ("offline_steps", "online_env_steps", "eval_every", "eval_episodes",
                                           "eval_seed", "batch_size", "top_k", "num_candidates", "warmup_steps",
                                           "updates_per_step", "export_every", "seed", "device", "learner_mode")},
