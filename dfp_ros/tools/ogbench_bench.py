@@ -439,9 +439,10 @@ def run(a: argparse.Namespace, on_evaluation: Callable[[dict[str, Any]], None] |
         check_dataset(dataset, a.env, a.task)
     progress.start_clock()
     ref = QC_REFERENCE.get(a.env)
+    online_part = (f" then online (K={a.top_k} of N={a.num_candidates}, {a.updates_per_step:g} updates/step)"
+                   if a.online_env_steps else ", no online phase")
     title = (f"{a.env} task {a.task}: DFP offline (drift BC + critic, {'x'.join(map(str, a.hidden))}, batch "
-             f"{a.batch_size}) then online (K={a.top_k} of N={a.num_candidates}, {a.updates_per_step:g} updates/step)"
-             f"\n{a.eval_episodes} seeded eval episodes per point; squares: "
+             f"{a.batch_size}){online_part}\n{a.eval_episodes} seeded eval episodes per point; squares: "
              + (f"QC, {ref['source']}" if ref else "no published QC points for this scene"))
 
     def report(row: dict[str, Any]) -> None:
