@@ -171,6 +171,7 @@ class Start:
     task_id: int
     done_key: str  # the dataset column that ends the task for the critic
     description: str
+    unchanged_label: str = "BC only"  # the `bc` arm: the start, never updated
 
 
 def ogbench_start(work: Path) -> Start:
@@ -188,9 +189,9 @@ def ogbench_start(work: Path) -> Start:
         raise ValueError(f"--from-ogbench {work}: its offline phase has not reached {config['offline_steps']} steps "
                          f"(evaluated at {done or 'none'}); finish it with `dfp bench ogbench` first")
     return Start(checkpoint, Path(config["dataset"]), config["env"], int(config["task"]), SUCCESS_KEY,
-                 f"{config['env'].removesuffix('-v0')} task {config['task']}: DFP offline ({config['offline_steps']} "
-                 f"steps of drift BC + critic on a play dataset, {'x'.join(map(str, config['hidden']))}) + online "
-                 "fine-tuning")
+                 f"{config['env'].removesuffix('-v0')} task {config['task']}: from {config['offline_steps']} offline "
+                 f"steps (drift BC + critic, play data, {'x'.join(map(str, config['hidden']))}) + online fine-tuning",
+                 "offline checkpoint")
 
 
 def weak_bc_start(a: argparse.Namespace) -> Start:
@@ -317,14 +318,14 @@ def write_csv(path: Path, results: list[RunResult]) -> None:
             w.writerows(r.rows)
 
 
-def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str) -> None:
+def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str, unchanged_label: str = "BC only") -> None:
     """One line per arm: mean success over seeds, shaded min..max when there is more than one seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     for key, arm in summary.items():
         xs = list(arm["curve"])
         mean = [arm["curve"][x]["mean"] for x in xs]
@@ -332,7 +333,7 @@ def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str) -> N
         if key == "k4":
             style["linewidth"] = 2.5
         n = len(arm["seeds"])
-        label = f"{arm['label']} (never updated)" if key == "bc" else f"{arm['label']} ({n} seed{'s' * (n > 1)})"
+        label = f"{unchanged_label} (never updated)" if key == "bc" else f"{arm['label']} ({n} seed{'s' * (n > 1)})"
         (line,) = ax.plot(xs, mean, label=label, **style)
         if n > 1:
             ax.fill_between(xs, [arm["curve"][x]["min"] for x in xs], [arm["curve"][x]["max"] for x in xs],
@@ -341,7 +342,7 @@ def plot(paths: list[Path], summary: dict[str, dict[str, Any]], title: str) -> N
     ax.set_ylabel("success rate (best-of-N, seeded eval episodes)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     for path in paths:
@@ -459,7 +460,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                  f"{r.models_swapped} models swapped in; success at env steps {curve}")
         results[:] = [finished[j] for j in sorted(finished)]
         write_csv(out / "curves.csv", results)
-        plot(pngs, summarize(results), title)
+        plot(pngs, summarize(results), title, start.unchanged_label)
 
     if a.jobs == 1:
         def on_steps(n: int, info: dict[str, Any]) -> None:
