@@ -148,19 +148,6 @@ def _log(msg: str) -> None:
     sys.stdout.flush()
 
 
-@dataclass
-class Setup:
-    """What every run shares: the starting checkpoint, the demonstrations and the BC policy's score."""
-
-    checkpoint: Path
-    offline: ChunkDataset
-    before: float
-    models: Path  # scratch folder for exported snapshots
-    env_name: str = "cube-single-v0"
-    task_id: int = 1
-    before_placed: float = 0.0  # the starting policy's share of cubes placed at an episode's end
-
-
 @dataclass(frozen=True)
 class Start:
     """Where the arms start: a checkpoint with a critic, the dataset seeding the replay, the scene and task."""
@@ -172,6 +159,17 @@ class Start:
     done_key: str  # the dataset column that ends the task for the critic
     description: str
     unchanged_label: str = "BC only"  # the `bc` arm: the start, never updated
+
+
+@dataclass
+class Setup:
+    """What every run shares: where it starts, the loaded demonstrations and the start's own score."""
+
+    start: Start
+    offline: ChunkDataset
+    before: float
+    before_placed: float  # the starting policy's share of cubes placed at an episode's end
+    models: Path  # scratch folder for exported snapshots
 
 
 def ogbench_start(work: Path) -> Start:
@@ -241,7 +239,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                      "success_rate": setup.before, "cubes_placed": setup.before_placed, "actor_param_delta": 0.0,
                      "wall_s": 0.0} for c in checkpoints]
         return res
-    learner, _ = OnlineLearner.load(setup.checkpoint, OnlineConfig(
+    learner, _ = OnlineLearner.load(setup.start.checkpoint, OnlineConfig(
         num_candidates=a.num_candidates, top_k=arm.top_k, lam=arm.lam, batch_size=a.batch_size))
     # A fresh start seeds the learner the way the learner loop does.
     learner.rng = np.random.default_rng(seed)
@@ -270,7 +268,7 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
 
     res.rows.append(row(0, setup.before, setup.before_placed))
     pending = checkpoints[1:]
-    with CubeSim(setup.env_name, task_id=setup.task_id, seed=train_seed) as sim:
+    with CubeSim(setup.start.env_name, task_id=setup.start.task_id, seed=train_seed) as sim:
         while tuner.env_steps < a.env_steps:
             rec = tuner.episode(sim)
             recent.append(int(rec.success))
@@ -281,7 +279,8 @@ def run_arm(arm: Arm, seed: int, setup: Setup, a: argparse.Namespace,
                 label = a.env_steps if env_steps >= a.env_steps else passed[-1]
                 pending = [c for c in pending if c > env_steps]
                 model = export_acting_model(learner, setup.models / f"{arm.key}_s{seed}_eval.onnx", a.num_candidates)
-                ev = weak_bc.evaluate_model(model, a.eval_episodes, setup.task_id, a.eval_seed, env_name=setup.env_name)
+                ev = weak_bc.evaluate_model(model, a.eval_episodes, setup.start.task_id, a.eval_seed,
+                                            env_name=setup.start.env_name)
                 res.rows.append(row(label, ev["success_rate"], ev["cubes_placed"]))
             on_steps(rec.steps, {"arm": arm.key, "seed": seed, "updates": learner.updates,
                                  "recent": float(np.mean(recent)),
@@ -362,8 +361,7 @@ def make_setup(start: Start, before: dict[str, Any], models: Path) -> Setup:
     meta = load_checkpoint(start.checkpoint)[0].meta
     offline = ChunkDataset("", str(start.dataset), horizon=meta.horizon, state_keys=[s.key for s in meta.state],
                            image_keys=[], done_key=start.done_key, progress=False)
-    return Setup(start.checkpoint, offline, before["success_rate"], models, start.env_name, start.task_id,
-                 before["cubes_placed"])
+    return Setup(start, offline, before["success_rate"], before["cubes_placed"], models)
 
 
 def _init_worker(start: Start, before: dict[str, Any], models: Path, a: argparse.Namespace) -> None:
@@ -424,7 +422,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                         env_name=start.env_name)
     before = start_eval["success_rate"]
     _log(f"starting policy: success {before:.0%}, {start_eval['cubes_placed']:.0%} of the cubes placed")
-    setup = make_setup(start, start_eval, out / "models")  # every run's replay is seeded with the same demonstrations
     # Seed-major, so a time-limited benchmark has every arm at least once before any arm twice. The BC
     # policy is the same for every seed (one checkpoint, fixed evaluation seeds): listed once.
     plan = [(arm, seed) for seed in a.seeds for arm in a.arms if arm.finetune or seed == a.seeds[0]]
@@ -468,11 +465,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             bar.set_postfix(arm=info["arm"], seed=info["seed"], updates=info["updates"],
                             recent=f"{info['recent']:.2f}", evaluated=f"{info['eval']:.2f}", refresh=False)
 
+        setup = make_setup(start, start_eval, out / "models")  # every run's replay: the same demonstrations
         for i, (arm, seed) in enumerate(plan):
             if may_start(arm, seed):
                 on_finished(i, run_arm(arm, seed, setup, a, on_steps))
     else:
-        run_in_workers(plan, a, start, start_eval, setup.models, may_start, on_finished, bar)
+        run_in_workers(plan, a, start, start_eval, out / "models", may_start, on_finished, bar)
     bar.close()
     result = {
         "before_success": before, "arms": summarize(results), "skipped": skipped,
