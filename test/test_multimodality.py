@@ -37,7 +37,7 @@ def _mode_report(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def test_drift_policy_covers_every_mode_with_its_share(multimodal_dataset, tmp_path):
-    shares, far = _mode_report(_train_and_sample(multimodal_dataset, tmp_path / "drift", 10_000))
+    shares, far = _mode_report(_train_and_sample(multimodal_dataset, tmp_path / "drift", 7_000))
     assert np.all(np.abs(shares - SHARES) <= 0.15), (shares, SHARES)
     assert np.all(shares > 0.05), shares
     assert far <= 0.15, far

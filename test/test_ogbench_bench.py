@@ -96,6 +96,10 @@ def test_chain_runs_resumes_without_repeating_and_refuses_other_settings(tmp_pat
     assert run_from_args(_args(work, dataset, "--top-k", "3")) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "top_k: 2 there, 3 asked" in err[0]
+    # The online phase started from the 20-step checkpoint: the offline phase can no longer grow.
+    assert run_from_args(_args(work, dataset, "--offline-steps", "30")) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "can no longer grow to 30" in err[0], err
     assert {p: p.read_bytes() for p in files} == files
 
 
@@ -169,3 +173,18 @@ def test_a_dataset_grown_after_the_run_started_is_another_run(tmp_path, dataset,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset_episodes: 2 there, 3 asked" in err[0]
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_a_finished_offline_phase_grows_on_from_its_last_checkpoint(tmp_path, dataset):
+    from dfp_ros.learning.trainer import load_checkpoint
+
+    work = tmp_path / "run"
+    schedule = ("--online-env-steps", "0", "--eval-episodes", "1")
+    run(_args(work, dataset, *schedule, "--offline-steps", "10"))
+    first = _rows(work)
+    r = run(_args(work, dataset, *schedule, "--offline-steps", "20"))
+    assert r["evaluated_now"] == 1  # at 20: the one at 10 is kept, not repeated
+    rows = _rows(work)
+    assert rows[0] == first[0] and [x["offline_steps"] for x in rows] == ["10", "20"]
+    assert json.loads((work / "config.json").read_text())["offline_steps"] == 20
+    assert load_checkpoint(work / "offline" / "checkpoints" / "last")[1]["step"] == 20

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,24 @@ def _frames(root: Path):
     from dfp_ros.learning.dataset import ChunkDataset
 
     return ChunkDataset("", root, horizon=4, progress=False, frame_cache=False)
+
+
+def _move_cubes(root: Path, positions: dict[int, np.ndarray], frames: range) -> None:
+    """Rewrites the stored states of `frames` (dataset indices) with cube i at positions[i] (m)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for path in sorted((root / "data").glob("*/*.parquet")):
+        table = pq.read_table(path)
+        column = table["observation.state"]
+        states = pc.list_flatten(column).to_numpy().astype(np.float32).reshape(len(table), -1)
+        rows = np.isin(table["index"].to_numpy(), list(frames))
+        for i, xyz in positions.items():  # OGBench's cube state: (position - centre) * 10
+            states[rows, 19 + 9 * i: 22 + 9 * i] = (xyz - [0.425, 0.0, 0.0]) * 10.0
+        moved = pa.FixedSizeListArray.from_arrays(pa.array(states.ravel()), states.shape[1])
+        pq.write_table(table.set_column(table.schema.get_field_index("observation.state"),
+                                        table.schema.field("observation.state"), moved.cast(column.type)), path)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +144,46 @@ def test_unknown_scene_or_task_is_one_line_and_writes_nothing(tmp_path: Path, ca
         err = capsys.readouterr().err.strip()
         assert says in err and len(err.splitlines()) == 1
     assert not root.exists()
+
+
+def test_a_relabelled_copy_holds_the_sources_episodes_with_another_tasks_rewards(play_root: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    from dfp_ros.tools.cli import main
+
+    sim = CubeSim("cube-double-v0", task_id=1)
+    goals = np.stack([sim.cube_target(i)[0] for i in range(2)])
+    sim.close()
+    # Short random play hardly meets a task's goals: in a copy of the source, both cubes are put on task 1's goals
+    # in frames 0-9 and the first one alone in 10-19. Its stored (task 2) labels say -2 there, as everywhere.
+    src = tmp_path / "source"
+    shutil.copytree(play_root, src)
+    _move_cubes(src, {0: goals[0], 1: goals[1]}, range(10))
+    _move_cubes(src, {0: goals[0]}, range(10, 20))
+    source = _frames(src)
+    assert set(source.rewards.tolist()) == {-2.0}
+    n = source.num_episodes
+    root = tmp_path / "task1"
+    # One episode more than the source holds: that one is generated, as a task-1 dataset would have it.
+    assert main(["make-play-dataset", "--relabel-from", str(src), "--task", "1", "--episodes", str(n + 1),
+                 "--root", str(root), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["relabelled"], summary["episodes"], summary["config"]["task_id"]) == (n, n + 1, 1)
+    data = _frames(root)
+    assert data.num_episodes == n + 1
+    np.testing.assert_array_equal(data.state[:len(source)], source.state)
+    np.testing.assert_array_equal(data.actions[:len(source)], source.actions)
+    rewards, _ = singletask_rewards(data.state, goals)
+    np.testing.assert_array_equal(data.rewards, rewards)
+    assert data.rewards[:20].tolist() == [0.0] * 10 + [-1.0] * 10
+    episodes = PlayEpisodes(dataclasses.replace(CONFIG, task_id=1))
+    generated = episodes.run(n)
+    episodes.close()
+    np.testing.assert_array_equal(data.state[len(source):], generated.states)
+
+    # Not a play dataset, or the copy onto its own source: one line, nothing written.
+    for given, dst, says in ((tmp_path / "nothing", tmp_path / "x", "is not a play dataset"),
+                             (src, src, "are the same folder")):
+        assert main(["make-play-dataset", "--relabel-from", str(given), "--task", "1", "--root", str(dst)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists() and _frames(src).num_episodes == n

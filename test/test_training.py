@@ -105,10 +105,6 @@ def test_missing_state_key_is_refused_with_the_available_features(multimodal_dat
         ChunkDataset("", multimodal_dataset, horizon=5, state_keys=["observation.foo"], progress=False)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_ros.tools.cli", *args], capture_output=True, text=True)
-
-
 def test_cli_user_errors_exit_nonzero_with_one_clear_line(multimodal_dataset, tmp_path):
     ckpt = _train(multimodal_dataset, tmp_path / "run", "--steps", "2")
     (ckpt / "model.safetensors").write_bytes(b"not safetensors at all")
@@ -121,11 +117,14 @@ def test_cli_user_errors_exit_nonzero_with_one_clear_line(multimodal_dataset, tm
         (["export", str(tmp_path / "nockpt"), str(tmp_path / "m.onnx")], "does not exist"),
         (["check", str(tmp_path / "foreign.onnx")], "not a loadable ONNX model"),
     ]
-    for args, message in cases:
-        r = _cli(*args)
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert r.returncode == 2, (args, r.stderr)
-        assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
+    # Independent commands: run side by side, each its own process as a user would start it.
+    procs = [subprocess.Popen([sys.executable, "-m", "dfp_ros.tools.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, _ in cases]
+    for (args, message), proc in zip(cases, procs, strict=True):
+        _, stderr = proc.communicate(timeout=300)
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2, (args, stderr)
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr, (args, stderr)
 
 
 def test_dataset_by_repo_id_from_the_local_cache(multimodal_dataset, tmp_path):

@@ -41,6 +41,7 @@ oracle datasets):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -259,6 +260,47 @@ def existing_episodes(root: Path, config: PlayConfig) -> int:
     return int(json.loads(info_path.read_text())["total_episodes"])
 
 
+def relabel_config(source: Path, task_id: int) -> PlayConfig:
+    """The settings of the play dataset at `source` with `task_id`'s rewards: a copy relabelled with them holds
+    the episodes `make_play_dataset` would generate with that config (episode i depends on the seed, not the
+    task), so it can be completed by generating."""
+    stored = read_config(source)
+    if stored is None or not (Path(source) / "meta" / "info.json").is_file():
+        raise PlayDatasetError(f"{source} is not a play dataset made by dfp make-play-dataset ({CONFIG_FILE} and "
+                               "meta/info.json are needed to relabel it)")
+    fields = {k: stored[k] for k in ("env_name", "seed", "noise", "smoothing", "p_random_action", "episode_steps")
+              if k in stored}
+    return PlayConfig(**fields, task_id=task_id)
+
+
+def read_play_episodes(root: Path, indices: range) -> Iterator[PlayEpisode]:
+    """Episodes `indices` of a play dataset on disk (states and actions as saved; sub-task counts are not stored
+    and read as 0), in order, one data file in memory at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted = set(indices)
+    found: dict[int, PlayEpisode] = {}
+    nxt = indices.start
+    for path in sorted((Path(root) / "data").glob("*/*.parquet")):
+        table = pq.read_table(path, columns=["episode_index", "frame_index", "observation.state", "action"])
+        episode = table["episode_index"].to_numpy()
+        order = np.lexsort((table["frame_index"].to_numpy(), episode))
+        episode = episode[order]
+        states = np.asarray(pc.list_flatten(table["observation.state"]), np.float32).reshape(len(table), -1)[order]
+        actions = np.asarray(pc.list_flatten(table["action"]), np.float32).reshape(len(table), -1)[order]
+        for index in np.unique(episode):
+            if int(index) in wanted:
+                rows = episode == index
+                found[int(index)] = PlayEpisode(int(index), states[rows], actions[rows], 0, 0)
+        while nxt in found:
+            yield found.pop(nxt)
+            nxt += 1
+    if nxt < indices.stop:
+        raise PlayDatasetError(f"{root} has no episode {nxt} (its data files hold episodes up to "
+                               f"{max(found, default=nxt - 1)})")
+
+
 @dataclass
 class PlaySummary:
     """One run of `make_play_dataset`: what was added (the dataset itself is on disk)."""
@@ -273,6 +315,7 @@ class PlaySummary:
     subtasks_completed: int = 0
     task_success_frames: int = 0  # frames whose state solves the reward's task
     episode_completion: list[float] = field(default_factory=list)  # per new episode: sub-tasks completed / ended
+    relabelled: int = 0  # episodes copied from --relabel-from rather than generated (no sub-task counts)
 
     @property
     def transitions_per_s(self) -> float:
@@ -288,15 +331,28 @@ class PlaySummary:
 
 
 def make_play_dataset(root: str | Path, episodes: int | None, config: PlayConfig, repo_id: str | None = None,
-                      workers: int = 1, progress: bool = True) -> PlaySummary:
-    """Make (or complete) a play dataset of `episodes` episodes at root (None: OGBench's number for the scene).
+                      workers: int = 1, progress: bool = True, relabel_from: str | Path | None = None) -> PlaySummary:
+    """Make (or complete) a play dataset of `episodes` episodes at root (None: OGBench's number for the scene,
+    or all of `relabel_from`'s).
 
     A dataset already there made with the same config gets its missing episodes appended (episode i is the
-    same either way); one made otherwise is refused before anything is written. One episode is in memory at a
-    time (per worker). Interrupted (an exception, Ctrl-C), the episodes saved so far stay readable."""
+    same either way); one made otherwise is refused before anything is written. With `relabel_from` (a play
+    dataset made with `config` but another task, see `relabel_config`) its episodes are copied with config's
+    task rewards instead of simulated again, as OGBench relabels one play dataset for each of its tasks;
+    episodes past its end are generated. One episode is in memory at a time (per worker). Interrupted (an
+    exception, Ctrl-C), the episodes saved so far stay readable."""
     config.check()
     root = Path(root)
-    episodes = OGBENCH_EPISODES[config.env_name] if episodes is None else int(episodes)
+    source_episodes = 0
+    if relabel_from is not None:
+        source = relabel_config(Path(relabel_from), config.task_id)
+        if source != config:
+            raise PlayDatasetError(f"{relabel_from} was made with other settings than asked: {source.describe()}")
+        if Path(relabel_from).resolve() == root.resolve():
+            raise PlayDatasetError(f"--relabel-from and --root are the same folder {root}; choose a new --root")
+        source_episodes = int(json.loads((Path(relabel_from) / "meta" / "info.json").read_text())["total_episodes"])
+    default = source_episodes or OGBENCH_EPISODES[config.env_name]
+    episodes = default if episodes is None else int(episodes)
     if episodes < 1:
         raise PlayDatasetError(f"episodes must be >= 1, got {episodes}")
     if workers < 1:
@@ -334,7 +390,11 @@ def make_play_dataset(root: str | Path, episodes: int | None, config: PlayConfig
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        for ep in generate_episodes(config, range(before, episodes), workers):
+        copied = range(before, max(before, min(episodes, source_episodes)))
+        relabelled = read_play_episodes(Path(relabel_from), copied) if copied else iter(())
+        rest = range(max(before, copied.stop), episodes)
+        generated = generate_episodes(config, rest, workers) if rest else iter(())
+        for ep in itertools.chain(relabelled, generated):
             rewards, successes = singletask_rewards(ep.states, goals)
             last = len(ep.states) - 1
             for t in range(len(ep.states)):
@@ -347,7 +407,10 @@ def make_play_dataset(root: str | Path, episodes: int | None, config: PlayConfig
             summary.subtasks += ep.subtasks
             summary.subtasks_completed += ep.subtasks_completed
             summary.task_success_frames += int(successes.sum())
-            summary.episode_completion.append(ep.completion)
+            if ep.index < copied.stop:
+                summary.relabelled += 1
+            else:
+                summary.episode_completion.append(ep.completion)
             summary.seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(steps_per_s=f"{summary.transitions_per_s:.0f}",
@@ -387,6 +450,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode-steps", type=int, default=d.episode_steps,
                    help="steps per episode (default: %(default)s, OGBench's max_episode_steps; its loader keeps "
                         "steps - 1 transitions of each)")
+    p.add_argument("--relabel-from", metavar="SRC", default=None,
+                   help="a play dataset made by this command: copy its episodes with --task's rewards instead of "
+                        "simulating them again (OGBench relabels one play dataset per task); the scene and "
+                        "procedure settings are SRC's, --episodes defaults to SRC's count and episodes past it "
+                        "are generated")
     p.add_argument("--workers", type=int, default=1,
                    help="simulator processes; the episodes are the same (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -397,20 +465,24 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def run_from_args(a: argparse.Namespace) -> int:
-    config = PlayConfig(env_name=a.env, task_id=a.task, seed=a.seed, noise=a.noise, smoothing=a.smoothing,
-                        p_random_action=a.p_random_action, episode_steps=a.episode_steps)
+    if a.relabel_from is not None:
+        config = relabel_config(Path(a.relabel_from), a.task)
+    else:
+        config = PlayConfig(env_name=a.env, task_id=a.task, seed=a.seed, noise=a.noise, smoothing=a.smoothing,
+                            p_random_action=a.p_random_action, episode_steps=a.episode_steps)
     # A terminated run finalizes like Ctrl-C (the finally in make_play_dataset), so the saved episodes stay readable.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         s = make_play_dataset(a.root, a.episodes, config, repo_id=a.repo_id, workers=a.workers,
-                              progress=not a.no_progress)
+                              progress=not a.no_progress, relabel_from=a.relabel_from)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if s.frames_added == 0:
         print(f"{s.root}: already holds {s.episodes} episodes; nothing to add")
     else:
         print(f"{s.root}: {s.episodes_before} -> {s.episodes} episodes (+{s.frames_added} frames) in {s.seconds:.1f} s "
-              f"({s.transitions_per_s:.0f} transitions/s); oracle sub-tasks completed {s.subtasks_completed}/"
-              f"{s.subtasks}; frames solving task {config.task_id}: {s.task_success_frames}")
+              f"({s.transitions_per_s:.0f} transitions/s); {s.relabelled} relabelled from {a.relabel_from}, "
+              f"oracle sub-tasks of the generated ones completed {s.subtasks_completed}/{s.subtasks}; frames "
+              f"solving task {config.task_id}: {s.task_success_frames}")
     print(s.to_json())
     return 0

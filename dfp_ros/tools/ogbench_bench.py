@@ -12,7 +12,8 @@
 
 Writes curve.csv, curve.png (with Q-chunking's points for the scene) and summary.json to the work dir after
 every evaluation, and checkpoints there: a rerun with the same settings continues after the last evaluation
-(none is repeated); other settings in the same work dir are refused. Prints a JSON line last.
+(none is repeated); a larger --offline-steps trains on from the last offline checkpoint as long as the online
+phase has not started; other settings in the same work dir are refused. Prints a JSON line last.
 
 Defaults are a reduced schedule for a 2-core CPU, ~30-40 min there with --torch-threads 1: 40k offline
 steps and 40k online env steps, batch 64, 3 x 256 networks, 100 dataset episodes (such a machine trains
@@ -81,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "None: WORK_DIR/dataset, made there when missing")
     p.add_argument("--dataset-episodes", type=int, default=100,
                    help="episodes of the dataset made in the work dir (OGBench's cube-double set has 1000)")
-    p.add_argument("--offline-steps", type=int, default=40_000, help="offline training steps")
+    p.add_argument("--offline-steps", type=int, default=40_000,
+                   help="offline training steps; a finished run's may grow until its online phase starts")
     p.add_argument("--online-env-steps", type=int, default=40_000, help="online environment steps (0: none)")
     p.add_argument("--eval-every", type=int, default=10_000,
                    help="offline steps, and online env steps, between evaluations (each phase's end is one too)")
@@ -185,12 +187,23 @@ def run_config(a: argparse.Namespace, dataset: Path, made_here: bool) -> dict[st
 
 
 def check_work_dir(work: Path, config: dict[str, Any]) -> None:
+    """Refuses a work dir holding a run with other settings, but for a longer offline phase whose online phase has
+    not begun: there is no learning-rate schedule, so training on from the last checkpoint is the longer run."""
     path = work / CONFIG_FILE
     if not path.is_file():
         return
     stored = json.loads(path.read_text())
-    diff = [f"{k}: {stored.get(k)!r} there, {config.get(k)!r} asked" for k in sorted(set(stored) | set(config))
-            if stored.get(k) != config.get(k)]
+    differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+    if differing == ["offline_steps"] and config["offline_steps"] > stored["offline_steps"]:
+        saved = Progress(work)
+        if saved.done("online") or saved.online_checkpoint:
+            raise OgbenchBenchError(
+                f"{work}'s online phase started from its offline checkpoint at {stored['offline_steps']} steps: "
+                f"the offline phase can no longer grow to {config['offline_steps']}; choose another --work-dir "
+                "(nothing was changed)")
+        _log(f"{work}: the offline phase grows from {stored['offline_steps']} to {config['offline_steps']} steps")
+        return
+    diff = [f"{k}: {stored.get(k)!r} there, {config.get(k)!r} asked" for k in differing]
     if diff:
         raise OgbenchBenchError(f"{work} holds a run with other settings ({'; '.join(diff)}); rerun with its settings "
                                 "to continue it, or choose another --work-dir (nothing was changed)")
