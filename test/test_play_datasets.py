@@ -111,7 +111,9 @@ def test_rewards_are_the_single_task_envs_own(play_root: Path) -> None:
     sim.close()
 
 
-def test_rerun_appends_the_missing_episodes_and_other_settings_are_refused(play_root: Path) -> None:
+def test_rerun_appends_the_missing_episodes_and_other_settings_are_refused(play_root: Path, tmp_path: Path) -> None:
+    # On a copy: the other tests read the two-episode dataset whatever their order.
+    play_root = shutil.copytree(play_root, tmp_path / "play")
     before = _frames(play_root)
     summary = make_play_dataset(play_root, 3, CONFIG, progress=False)
     assert (summary.episodes_before, summary.episodes, summary.frames_added) == (2, 3, 100)

@@ -322,12 +322,14 @@ class PlaySummary:
         return self.frames_added / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> str:
-        c = np.asarray(self.episode_completion or [0.0])
+        """One line; the oracle's completion figures are null when no episode was generated (all relabelled)."""
+        c = np.asarray(self.episode_completion)
         return json.dumps({**{k: v for k, v in asdict(self).items() if k != "episode_completion"},
                            "transitions_per_s": round(self.transitions_per_s, 1),
-                           "subtask_completion": round(self.subtasks_completed / max(self.subtasks, 1), 4),
-                           "episode_completion_min": round(float(c.min()), 4),
-                           "episode_completion_mean": round(float(c.mean()), 4)})
+                           "subtask_completion": round(self.subtasks_completed / self.subtasks, 4)
+                           if self.subtasks else None,
+                           "episode_completion_min": round(float(c.min()), 4) if c.size else None,
+                           "episode_completion_mean": round(float(c.mean()), 4) if c.size else None})
 
 
 def make_play_dataset(root: str | Path, episodes: int | None, config: PlayConfig, repo_id: str | None = None,
