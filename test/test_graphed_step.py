@@ -222,3 +222,41 @@ def test_dfp_bench_learner_refuses_cuda_without_a_gpu_in_one_line(capsys):
     assert main(["bench", "learner", "--device", "cuda", "--hidden", "16", "--seconds", "0.1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sees no CUDA device" in err
+
+
+def test_the_trainers_static_step_trains_like_its_eager_step(tmp_path):
+    """`dfp train --step-mode graphed` on the CPU: the offline step (drift BC, critic TD, Polyak) over static buffers,
+    camera frames shifted, gives the eager run's losses and weights; the buffers keep their tensors."""
+    pytest.importorskip("lerobot", reason="datasets need lerobot (training profile)")
+    from synthetic_datasets import write_image_reward_dataset
+
+    from dfp_ros.learning.config import ModelConfig, TrainConfig
+    from dfp_ros.learning.trainer import Trainer
+
+    root = write_image_reward_dataset(tmp_path / "ds")
+
+    def train(mode: str) -> tuple[Trainer, list[dict[str, float]]]:
+        cfg = TrainConfig(root=str(root), output=str(tmp_path / mode), steps=STEPS, batch_size=4, seed=3,
+                          device="cpu", num_gen=4, critic_samples=4, image_shift=2, step_mode=mode)
+        trainer = Trainer(cfg, ModelConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), image_channels=(8, 8),
+                                           image_feature_dim=16, use_critic=True), progress=False)
+        return trainer, [to_floats(trainer.train_step()) for _ in range(STEPS)]
+
+    eager, eager_infos = train("eager")
+    graphed, graphed_infos = train("graphed")
+    static = graphed._static_step
+    assert eager._static_step is None and static is not None and static.steps == STEPS
+    assert static.static.images["front"].shape == (4, 96, 96, 3)
+    for a, b in zip(eager_infos, graphed_infos, strict=True):
+        assert a.keys() == b.keys() and "critic_loss" in a
+        assert list(a.values()) == pytest.approx(list(b.values()), rel=1e-4, abs=1e-5)
+    for name in ("model", "target_critic"):
+        want, got = getattr(eager, name).state_dict(), getattr(graphed, name).state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    frames = static.static.images["front"].data_ptr()
+    graphed.train_step()
+    assert static.static.images["front"].data_ptr() == frames
+    graphed.save()  # capturable Adam state is saved like any other
+    resumed = Trainer(graphed.cfg, ModelConfig(), resume=True, progress=False)
+    assert resumed.step == STEPS + 1 and resumed._static_step is not None

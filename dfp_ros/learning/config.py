@@ -58,6 +58,7 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 5_000
     compile: bool = False  # torch.compile the drift loss on CUDA (measured: no consistent gain)
+    step_mode: str = "eager"  # "graphed": each step one CUDA graph replay over static buffers (graphed_step)
     gamma: float = 0.99
     tau: float = 0.005
     critic_samples: int = 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import subprocess
 import time
@@ -16,8 +17,9 @@ from dfp_ros.contracts import ModelMetadata
 from dfp_ros.learning.augmentation import random_shift
 from dfp_ros.learning.config import ModelConfig, TrainConfig
 from dfp_ros.learning.critic import polyak_update
-from dfp_ros.learning.dataset import ChunkDataset, DatasetError
+from dfp_ros.learning.dataset import ChunkBatch, ChunkDataset, DatasetError
 from dfp_ros.learning.drift_loss import enable_compile
+from dfp_ros.learning.graphed_step import STEP_MODES, StaticStep, empty_batch_like
 from dfp_ros.learning.model import DFPModel, load_checkpoint, load_training_state, save_checkpoint
 from dfp_ros.learning.objectives import critic_loss, drift_bc_loss, mse_bc_loss
 from dfp_ros.learning.training_log import TrainingLog
@@ -86,6 +88,7 @@ class Trainer:
             self.model = DFPModel(meta, model_cfg, torch.from_numpy(self.data.state_mean),
                                   torch.from_numpy(self.data.state_std)).to(self.device)
             self._build_optimisers()
+        self._static_step = self._make_static_step()
         self.log = TrainingLog(self.out, resume=resume)
         self.log.truncate_after(self.step)
 
@@ -126,10 +129,33 @@ class Trainer:
 
     def train_step(self) -> dict[str, torch.Tensor]:
         batch = self.data.sample(self.cfg.batch_size, self.rng,
-                                 with_critic_targets=self.model.critic is not None).to(self.device)
-        if self.cfg.image_shift > 0:
-            batch.images = {k: random_shift(v, self.cfg.image_shift) for k, v in batch.images.items()}
-            batch.next_images = {k: random_shift(v, self.cfg.image_shift) for k, v in batch.next_images.items()}
+                                 with_critic_targets=self.model.critic is not None)
+        if self._static_step is None:
+            info = self.update_on(batch.to(self.device))
+        else:
+            info = self._static_step(batch)
+        self.step += 1
+        return info
+
+    def _make_static_step(self) -> StaticStep | None:
+        """With step_mode "graphed", the update over static buffers (a CUDA graph on a GPU; on the CPU the same
+        maths eagerly, so the run is the eager one, step for step)."""
+        if self.cfg.step_mode not in STEP_MODES:
+            raise ValueError(f"step_mode must be one of {STEP_MODES}, got {self.cfg.step_mode!r}")
+        if self.cfg.step_mode == "eager":
+            return None
+        example = self.data.batch_at(np.zeros(self.cfg.batch_size, np.int64),
+                                     with_critic_targets=self.model.critic is not None)
+        optimizers = [o for o in (self.actor_opt, self.critic_opt) if o is not None]
+        return StaticStep(self.update_on, empty_batch_like(example, self.device), self.cfg.step_mode,
+                          optimizers=optimizers, name="offline step")
+
+    def update_on(self, batch: ChunkBatch) -> dict[str, torch.Tensor]:
+        """One update on a batch already on the device: the actor's BC step, then the critic's TD step."""
+        if self.cfg.image_shift > 0:  # shifted copies: a static step's buffers must keep their tensors
+            shift = self.cfg.image_shift
+            batch = dataclasses.replace(batch, images={k: random_shift(v, shift) for k, v in batch.images.items()},
+                                        next_images={k: random_shift(v, shift) for k, v in batch.next_images.items()})
         if self.cfg.loss == "drift":
             loss, info = drift_bc_loss(self.model, batch, self.cfg.num_gen, self.cfg.temperatures)
         else:
@@ -145,7 +171,6 @@ class Trainer:
             self.critic_opt.step()
             polyak_update(self.target_critic, self.model.critic, self.cfg.tau)
             info.update(c_info)
-        self.step += 1
         return info
 
     def run(self) -> Path:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from types import ModuleType
 
+from dfp_ros import contracts
 from dfp_ros.contracts import ContractError
 from dfp_ros.tools.arg_types import int_list, name_list, positive_float_list
 
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
     t.add_argument("--compile", action="store_true",
                    help="on CUDA, torch.compile the drift loss (~a minute to compile; gains were not consistent)")
+    t.add_argument("--step-mode", choices=contracts.LEARNER_STEP_MODES, default=tc.step_mode,
+                   help="graphed: on CUDA each step (actor, critic, Polyak) is one CUDA graph replay over static "
+                        "buffers, the same updates with far fewer launches; on the CPU it runs eagerly "
+                        "(default: %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (checked and compared with torch)",
@@ -250,7 +255,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       action_key=a.action_key, image_size=tuple(a.image_size), steps=a.steps,
                       batch_size=a.batch_size, num_gen=a.num_gen, lr=a.lr, temperatures=a.temperatures,
                       loss=a.loss, seed=a.seed, device=a.device, log_every=a.log_every,
-                      checkpoint_every=a.checkpoint_every, compile=a.compile)
+                      checkpoint_every=a.checkpoint_every, compile=a.compile, step_mode=a.step_mode)
     mcfg = ModelConfig(horizon=a.horizon, actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.critic_hidden),
                        use_critic=a.critic)
     trainer = Trainer(cfg, mcfg, resume=a.resume, progress=not a.no_progress)

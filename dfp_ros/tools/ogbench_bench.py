@@ -94,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=4, help="online: the top K of the N candidates are positives")
     weak_bc.add_learner_arguments(p)  # --batch-size (both phases), --warmup-steps, --updates-per-step, ...
     p.add_argument("--learner-mode", choices=contracts.LEARNER_STEP_MODES, default="eager",
-                   help="online learner step: graphed replays one CUDA graph per update (eager on a CPU)")
+                   help="the learner's step, offline and online: graphed replays one CUDA graph per update "
+                        "(eager on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed (networks, batches, training episodes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks train")
     p.add_argument("--work-dir", default=None,
@@ -275,7 +276,7 @@ def offline_phase(a: argparse.Namespace, work: Path, dataset: Path, progress: Pr
         # One Trainer per stretch, resumed from the last one's checkpoint (optimiser, RNG and step included).
         cfg = TrainConfig(root=str(dataset), output=str(run_dir), steps=k, batch_size=a.batch_size, seed=a.seed,
                           device=a.device, log_every=min(250, a.eval_every), checkpoint_every=a.eval_every,
-                          done_key=SUCCESS_KEY)
+                          done_key=SUCCESS_KEY, step_mode=a.learner_mode)
         trainer = Trainer(cfg, ModelConfig(actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.hidden),
                                            use_critic=True), resume=True, progress=not a.no_progress)
         if trainer.step > k:
