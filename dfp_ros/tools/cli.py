@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "targets, CubePlanOracle with plan noise, 1001-step episodes) and labels it with OGBench's\n"
                     "single-task reward of --task. Rerun with the same settings to add missing episodes.\n"
                     "Prints a JSON line last. See docs/ogbench_datasets.md.",
-        epilog="example:\n  dfp make-play-dataset --env cube-double-v0 --task 2 --episodes 100 "
-               "--root outputs/play/cube-double-task2",
+        epilog="examples:\n  dfp make-play-dataset --env cube-double-v0 --task 2 --episodes 100 "
+               "--root outputs/play/cube-double-task2\n"
+               "  dfp make-play-dataset --relabel-from outputs/play/cube-double-task2 --task 1 "
+               "--root outputs/play/cube-double-task1   # the same episodes, task 1's rewards",
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
