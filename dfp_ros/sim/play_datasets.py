@@ -274,31 +274,16 @@ def relabel_config(source: Path, task_id: int) -> PlayConfig:
 
 
 def read_play_episodes(root: Path, indices: range) -> Iterator[PlayEpisode]:
-    """Episodes `indices` of a play dataset on disk (states and actions as saved; sub-task counts are not stored
-    and read as 0), in order, one data file in memory at a time."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Episodes `indices` of a play dataset on disk, read with the trainer's loader (states and actions as saved;
+    sub-task counts are not stored and read as 0), in order."""
+    from dfp_ros.learning.dataset import ChunkDataset
 
-    wanted = set(indices)
-    found: dict[int, PlayEpisode] = {}
-    nxt = indices.start
-    for path in sorted((Path(root) / "data").glob("*/*.parquet")):
-        table = pq.read_table(path, columns=["episode_index", "frame_index", "observation.state", "action"])
-        episode = table["episode_index"].to_numpy()
-        order = np.lexsort((table["frame_index"].to_numpy(), episode))
-        episode = episode[order]
-        states = np.asarray(pc.list_flatten(table["observation.state"]), np.float32).reshape(len(table), -1)[order]
-        actions = np.asarray(pc.list_flatten(table["action"]), np.float32).reshape(len(table), -1)[order]
-        for index in np.unique(episode):
-            if int(index) in wanted:
-                rows = episode == index
-                found[int(index)] = PlayEpisode(int(index), states[rows], actions[rows], 0, 0)
-        while nxt in found:
-            yield found.pop(nxt)
-            nxt += 1
-    if nxt < indices.stop:
-        raise PlayDatasetError(f"{root} has no episode {nxt} (its data files hold episodes up to "
-                               f"{max(found, default=nxt - 1)})")
+    data = ChunkDataset("", root, horizon=1, state_keys=["observation.state"], image_keys=[], progress=False)
+    for index in indices:
+        rows = np.flatnonzero(data.episode_index == index)
+        if rows.size == 0:
+            raise PlayDatasetError(f"{root} has no episode {index} (it holds {data.num_episodes})")
+        yield PlayEpisode(index, data.state[rows], data.actions[rows], 0, 0)
 
 
 @dataclass

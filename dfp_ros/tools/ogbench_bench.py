@@ -196,8 +196,7 @@ def check_work_dir(work: Path, config: dict[str, Any]) -> None:
     stored = json.loads(path.read_text())
     differing = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
     if differing == ["offline_steps"] and config["offline_steps"] > stored["offline_steps"]:
-        saved = Progress(work)
-        if saved.done("online") or saved.online_checkpoint:
+        if Progress(work).done("online"):
             raise OgbenchBenchError(
                 f"{work}'s online phase started from its offline checkpoint at {stored['offline_steps']} steps: "
                 f"the offline phase can no longer grow to {config['offline_steps']}; choose another --work-dir "
