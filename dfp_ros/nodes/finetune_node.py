@@ -42,21 +42,9 @@ drops it ("partial_chunk"), never misattributes it.
 Silence: if a robot's observations keep coming but its reward (or episode) topic has been silent for
 `reward_silence_s` (`episode_silence_s`), learning pauses with a log line, and resumes when it returns.
 
-Stamps (`join`): rewards and episode events carry no header, so they are placed by the time their
-publisher sent them (the DDS source timestamp; one host, or clocks synchronised with chrony/PTP).
-- `causal` (default; lock-step simulation, or any robot whose policy acts on the newest
-  observation): observations too are placed by source time, and a chunk belongs to the newest
-  observation published before it. In lock-step this is exact: the simulator waits for the command,
-  so no newer observation can exist. (The simulator's header-less Float32MultiArray state is stamped
-  by the policy node at receipt, which this node cannot reproduce exactly.) Needs one message per
-  observation: a single state source and no camera (refused otherwise).
-- `stamp`: observations by their header stamp (an observation of several parts has the oldest part's
-  stamp, the policy node's rule) and each chunk by its header stamp, exactly — for real robots whose
-  policy may lag behind. Every state source must be a JointState (refused otherwise). An observation
-  is joined only when all its parts carry one stamp; parts from different instants are not an
-  observation (counted `unpaired_stamps`), and a chunk left without its observation is dropped
-  (`chunk_without_observation`), never paired with a neighbour's frame. `max_stamp_skew_s` > 0 accepts
-  unsynchronised drivers' parts up to that far apart (approximate by up to that skew).
+Stamps (`join`): `causal` (default; lock-step simulation) places observations and chunks by DDS source
+time; `stamp` (real robots, JointState sources) by header stamps, exactly. The rules: docs/architecture.md,
+"Joining a robot's streams".
 Steps (`steps_from`): `observations` (default) counts each observation as one control step; `fps`
 (join: stamp only) counts 1/fps of stamp time as a step — a robot whose joint states come faster than
 the policy acts; see "Steps by time" in dfp_ros/learning/transitions.py.
@@ -332,6 +320,7 @@ class FinetuneNode(Node):
             self.learner.send("resume", {})
 
     def _read_learner(self) -> None:
+        newest_export = None  # exports reported together: the older ones are superseded, only the newest is sent
         for kind, m in self.learner.receive():
             if kind == "status":
                 self.status = m
@@ -342,9 +331,11 @@ class FinetuneNode(Node):
                 self.status.update(m)
                 self.get_logger().info(f"learner {kind} (update {m['updates']}, env steps {m['env_steps']})")
             elif kind == "exported":
-                self._hand_over(Path(m["path"]), m["updates"])
+                newest_export = m
             elif kind == "fatal":
                 self.get_logger().error(f"learner failed; the policy keeps its model: {m['text']}")
+        if newest_export is not None:
+            self._hand_over(Path(newest_export["path"]), newest_export["updates"])
         code = self.learner.exited()
         if code is not None:
             self.get_logger().error(f"learner process exited ({code}); no further updates")
@@ -371,7 +362,11 @@ class FinetuneNode(Node):
                 client.call_async(_set_parameter("enabled", enabled))
 
     def _hand_over(self, path: Path, updates: int) -> None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # the learner keeps only its last few exports; this one went before we could send it
+            self.get_logger().warning(f"model of update {updates} not sent, it cannot be read: {e}")
+            return
         sha = hashlib.sha256(data).hexdigest()
         self.last_model = sha
         for ns in self.feeds:
