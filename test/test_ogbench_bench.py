@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import csv
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,43 @@ def test_a_finished_offline_phase_grows_on_from_its_last_checkpoint(tmp_path, da
     assert rows[0] == first[0] and [x["offline_steps"] for x in rows] == ["10", "20"]
     assert json.loads((work / "config.json").read_text())["offline_steps"] == 20
     assert load_checkpoint(work / "offline" / "checkpoints" / "last")[1]["step"] == 20
+
+
+def test_offline_checkpoints_trained_elsewhere_are_evaluated_in_place_of_training(tmp_path, dataset, capsys):
+    from safetensors.numpy import load_file
+
+    from dfp_ros.tools.cli import main
+
+    # What scripts/gpu_ogbench_offline.sh does on a GPU machine: the dataset packed (no LeRobot there), `dfp train`
+    # in stretches, each stretch's checkpoint kept as step_<k> (there a .tar; a folder is taken too).
+    packed = tmp_path / "play.npz"
+    assert main(["pack-dataset", "--root", str(dataset), "--out", str(packed), "--done-key", "next.success"]) == 0
+    elsewhere, run_dir = tmp_path / "elsewhere", tmp_path / "gpu_run"
+    for k in (10, 20):
+        assert main(["train", "--root", str(packed), "--output", str(run_dir), "--critic", "--hidden", "32",
+                     "--critic-hidden", "32", "--batch-size", "16", "--steps", str(k), "--resume",
+                     "--no-progress"]) == 0
+        last = run_dir / "checkpoints" / "last"
+        if k == 10:
+            shutil.copytree(last, elsewhere / "step_0000010", ignore=shutil.ignore_patterns("training_state*"))
+        else:
+            with tarfile.open(elsewhere / "step_0000020.tar", "w") as tar:
+                for name in ("model.safetensors", "config.json"):
+                    tar.add(last / name, arcname=name)
+
+    work = tmp_path / "run"
+    r = run(_args(work, dataset, "--online-env-steps", "0", "--offline-from", str(elsewhere)))
+    assert [(e["phase"], e["offline_steps"]) for e in r["evaluations"]] == [("offline", 10), ("offline", 20)]
+    assert not (work / "offline" / "log.csv").exists()  # nothing was trained here
+    used = load_file(str(work / "offline" / "checkpoints" / "last" / "model.safetensors"))
+    trained = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
+    assert used.keys() == trained.keys() and all((used[k] == trained[k]).all() for k in used)
+    capsys.readouterr()
+
+    # A checkpoint of other settings, or a missing one: one line, nothing evaluated.
+    for extra, words in ((["--hidden", "64"], "hidden [32] (this run: [64])"),
+                         (["--eval-every", "5"], "no checkpoint")):
+        assert run_from_args(_args(tmp_path / f"refused{len(extra[1])}", dataset, "--online-env-steps", "0",
+                                   "--offline-from", str(elsewhere), *extra)) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err

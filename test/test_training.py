@@ -148,3 +148,40 @@ def test_image_keys_empty_trains_on_state_only(image_dataset, tmp_path):
     ckpt = _train(image_dataset, tmp_path / "s", "--steps", "2", "--image-keys", "")
     assert main(["export", str(ckpt), str(tmp_path / "s.onnx")]) == 0
     assert PolicyRuntime(tmp_path / "s.onnx").camera_names == []
+
+
+def test_a_packed_arrays_file_trains_exactly_like_its_dataset_and_refuses_other_columns(multimodal_dataset,
+                                                                                           tmp_path):
+    packed = tmp_path / "packed.npz"
+    assert main(["pack-dataset", "--root", str(multimodal_dataset), "--out", str(packed)]) == 0
+    folder = ChunkDataset("", multimodal_dataset, horizon=5, progress=False)
+    arrays = ChunkDataset("", packed, horizon=5)
+    assert (arrays.repo_id, arrays.fps, arrays.action_names, arrays.state_specs, arrays.num_episodes) == \
+        (folder.repo_id, folder.fps, folder.action_names, folder.state_specs, folder.num_episodes)
+    for name in ("state_mean", "state_std", "action_low", "action_high", "ep_start", "ep_end"):
+        np.testing.assert_array_equal(getattr(arrays, name), getattr(folder, name), err_msg=name)
+    idx = np.random.default_rng(0).integers(0, len(folder), 64)
+    a, b = arrays.batch_at(idx, with_critic_targets=True), folder.batch_at(idx, with_critic_targets=True)
+    for name in ("state", "chunk", "rewards", "next_state", "mask"):
+        np.testing.assert_array_equal(getattr(a, name).numpy(), getattr(b, name).numpy(), err_msg=name)
+    # Same data, same seed: the same weights, step for step.
+    from_folder = _weights(_train(multimodal_dataset, tmp_path / "folder", "--steps", "20", "--critic"))
+    from_arrays = _weights(_train(packed, tmp_path / "arrays", "--steps", "20", "--critic"))
+    assert all(np.array_equal(from_folder[k], from_arrays[k]) for k in from_folder)
+
+    with pytest.raises(DatasetError, match=r"other columns than asked: state keys \['observation.foo'\]"):
+        ChunkDataset("", packed, horizon=5, state_keys=["observation.foo"])
+    with pytest.raises(DatasetError, match=r"done key 'next.success' \(the file holds 'next.done'\)"):
+        ChunkDataset("", packed, horizon=5, done_key="next.success")
+    with pytest.raises(DatasetError, match="cameras"):
+        ChunkDataset("", packed, horizon=5, image_keys=["observation.images.front"])
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(DatasetError, match="cannot read arrays file"):
+        ChunkDataset("", tmp_path / "foreign.npz", horizon=5)
+    assert main(["pack-dataset", "--root", str(multimodal_dataset), "--out", str(tmp_path / "p.zip")]) == 2
+    half = tmp_path / "half.npz"
+    assert main(["pack-dataset", "--root", str(multimodal_dataset), "--out", str(half), "--float16"]) == 0
+    rounded = ChunkDataset("", half, horizon=5)
+    assert rounded.state.dtype == np.float32 and half.stat().st_size < packed.stat().st_size
+    np.testing.assert_allclose(rounded.state, folder.state, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(rounded.state_mean, folder.state_mean)

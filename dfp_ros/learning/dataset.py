@@ -6,10 +6,15 @@ second. Camera frames are decoded once per video file and cached on disk (`video
 second run on the same dataset memory-maps them and starts at once. Chunks are built per episode:
 past an episode's last frame, the last action is repeated (the convention LeRobot uses for its
 `action_is_pad` padding).
+
+A state-only dataset can also be packed into one arrays file (`save_arrays`, `dfp pack-dataset`) that
+`ChunkDataset` reads without LeRobot: the same frames, episodes and statistics, for a machine (a lent
+GPU) that has torch but not the LeRobot stack.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +87,18 @@ def open_lerobot_dataset(repo_id: str, root: str | Path | None):
         raise DatasetError(f"cannot open LeRobot dataset from {where}: {type(e).__name__}: {e}") from e
 
 
+ARRAYS_SUFFIX = ".npz"
+ARRAYS_FORMAT = "dfp_ros chunk arrays 1"
+_ARRAY_NAMES = ("episode_index", "state", "actions", "state_mean", "state_std", "action_low", "action_high")
+
+
+def is_arrays_file(root: str | Path | None) -> bool:
+    """Whether `root` names a packed arrays file rather than a LeRobot dataset folder."""
+    return root is not None and str(root).endswith(ARRAYS_SUFFIX)
+
+
 class ChunkDataset:
-    """A LeRobot dataset held in memory, sampled as batches of chunks."""
+    """A LeRobot dataset (or an arrays file packed from one) held in memory, sampled as batches of chunks."""
 
     def __init__(self, repo_id: str, root: str | Path | None, *, horizon: int,
                  state_keys: list[str] | None = None, image_keys: list[str] | None = None,
@@ -91,12 +106,15 @@ class ChunkDataset:
                  reward_key: str = "next.reward", done_key: str = "next.done",
                  progress: bool = True, frame_cache: bool = True, cache_dir: str | Path | None = None):
         """`frame_cache` False decodes the cameras into memory without reading or writing the cache;
-        `cache_dir` None is `video_frames.default_cache_dir()`."""
+        `cache_dir` None is `video_frames.default_cache_dir()`. A `root` ending in .npz is an arrays file."""
+        self.horizon = horizon
+        if is_arrays_file(root):
+            self._load_arrays(Path(root), state_keys, image_keys, action_key, reward_key, done_key)
+            return
         ds = open_lerobot_dataset(repo_id, root)
         features = ds.meta.features
         self.repo_id = ds.repo_id
         self.fps = float(ds.meta.fps)
-        self.horizon = horizon
         camera_keys = list(ds.meta.camera_keys)
         if action_key not in features:
             raise DatasetError(f"dataset has no action feature {action_key!r}; it has {sorted(features)}")
@@ -119,18 +137,8 @@ class ChunkDataset:
         table = ds.hf_dataset.with_format("numpy", columns=columns)[:]
         order = np.argsort(np.asarray(table["index"]), kind="stable")
         col = lambda k: np.asarray(table[k])[order]  # noqa: E731
-        self.episode_index = col("episode_index").astype(np.int64)
+        self._set_episodes(col("episode_index"))
         n = len(self.episode_index)
-        if n == 0:
-            raise DatasetError("dataset has no frames")
-        # First and last frame of each frame's episode.
-        starts = np.r_[0, np.flatnonzero(np.diff(self.episode_index)) + 1]
-        ends = np.r_[starts[1:], n] - 1
-        lengths = ends - starts + 1
-        self.ep_start = np.repeat(starts, lengths)
-        self.ep_end = np.repeat(ends, lengths)
-        self.num_episodes = len(starts)
-
         self.state_specs = [StateSpec(k, _feature_dim(features[k]), _feature_names(features[k],
                                       _feature_dim(features[k]))) for k in state_keys]
         self.state = (np.concatenate([col(k).reshape(n, -1) for k in state_keys], axis=1).astype(np.float32)
@@ -141,9 +149,8 @@ class ChunkDataset:
             f"action_{i}" for i in range(self.actions.shape[1])]
         self.rewards = col(reward_key).reshape(n).astype(np.float32) if reward_key in features else None
         self.dones = col(done_key).reshape(n).astype(bool) if done_key in features else None
-        self.has_rewards = self.rewards is not None
-        if not np.isfinite(self.state).all() or not np.isfinite(self.actions).all():
-            raise DatasetError("dataset holds NaN or inf in its state or action columns")
+        self.reward_key, self.done_key = reward_key, done_key
+        self._check_columns()
 
         h, w = image_size
         self.cameras = [CameraSpec(k.split(".")[-1], k, h, w) for k in image_keys]
@@ -161,6 +168,83 @@ class ChunkDataset:
         a_stats = stats.get(action_key, {})
         self.action_low = np.asarray(a_stats.get("min", self.actions.min(0)), np.float32).reshape(-1)
         self.action_high = np.asarray(a_stats.get("max", self.actions.max(0)), np.float32).reshape(-1)
+
+    def _set_episodes(self, episode_index: np.ndarray) -> None:
+        """Each frame's episode, and the first and last frame of it."""
+        self.episode_index = np.asarray(episode_index).astype(np.int64)
+        n = len(self.episode_index)
+        if n == 0:
+            raise DatasetError("dataset has no frames")
+        starts = np.r_[0, np.flatnonzero(np.diff(self.episode_index)) + 1]
+        ends = np.r_[starts[1:], n] - 1
+        lengths = ends - starts + 1
+        self.ep_start = np.repeat(starts, lengths)
+        self.ep_end = np.repeat(ends, lengths)
+        self.num_episodes = len(starts)
+
+    def _check_columns(self) -> None:
+        self.has_rewards = self.rewards is not None
+        if not np.isfinite(self.state).all() or not np.isfinite(self.actions).all():
+            raise DatasetError("dataset holds NaN or inf in its state or action columns")
+
+    def save_arrays(self, path: str | Path, float16: bool = False) -> Path:
+        """Write the frames, episodes and statistics (no camera frames) as one compressed arrays file that
+        `ChunkDataset` reads without LeRobot. `float16` stores states and actions at half precision (half
+        the size, a relative rounding of 5e-4; read back as float32); the statistics stay exact."""
+        if self.cameras:
+            raise DatasetError(f"an arrays file holds no camera frames; the dataset was opened with cameras "
+                               f"{[c.name for c in self.cameras]} (open it with image_keys=[])")
+        path = Path(path)
+        if path.suffix != ARRAYS_SUFFIX:
+            raise DatasetError(f"an arrays file is named *{ARRAYS_SUFFIX}, got {path}")
+        meta = {"format": ARRAYS_FORMAT, "repo_id": self.repo_id, "fps": self.fps, "action_key": self.action_key,
+                "action_names": self.action_names, "reward_key": self.reward_key, "done_key": self.done_key,
+                "state": [{"key": s.key, "dim": s.dim, "names": list(s.names)} for s in self.state_specs]}
+        columns = {k: getattr(self, k) for k in _ARRAY_NAMES}
+        columns["episode_index"] = self.episode_index.astype(np.int32)
+        if float16:
+            columns.update(state=self.state.astype(np.float16), actions=self.actions.astype(np.float16))
+        if self.rewards is not None:
+            columns["rewards"] = self.rewards
+        if self.dones is not None:
+            columns["dones"] = self.dones
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")  # a half-written file never carries the final name
+        np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **columns)
+        tmp.replace(path)
+        return path
+
+    def _load_arrays(self, path: Path, state_keys: list[str] | None, image_keys: list[str] | None,
+                     action_key: str, reward_key: str, done_key: str) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                if meta.get("format") != ARRAYS_FORMAT:
+                    raise DatasetError(f"{path} is not a dfp_ros arrays file (format {meta.get('format')!r})")
+                columns = {k: f[k] for k in (*_ARRAY_NAMES, "rewards", "dones") if k in f.files}
+        except (OSError, KeyError, ValueError) as e:  # missing, not an npz, or without its meta
+            raise DatasetError(f"cannot read arrays file {path}: {type(e).__name__}: {e}") from e
+        held = [s["key"] for s in meta["state"]]
+        asked = {"state keys": (state_keys or held, held), "action key": (action_key, meta["action_key"]),
+                 "reward key": (reward_key, meta["reward_key"]), "done key": (done_key, meta["done_key"])}
+        defaults = {"reward key": "next.reward", "done key": "next.done"}  # unset: the file's own columns
+        differ = [f"{what} {want!r} (the file holds {have!r})" for what, (want, have) in asked.items()
+                  if list(np.atleast_1d(want)) != list(np.atleast_1d(have)) and want != defaults.get(what)]
+        if image_keys:
+            differ.append(f"cameras {image_keys} (an arrays file holds none)")
+        if differ:
+            raise DatasetError(f"{path} was packed with other columns than asked: {'; '.join(differ)}")
+        self.repo_id, self.fps = meta["repo_id"], float(meta["fps"])
+        self.action_key, self.action_names = meta["action_key"], list(meta["action_names"])
+        self.reward_key, self.done_key = meta["reward_key"], meta["done_key"]
+        self.state_specs = [StateSpec(s["key"], int(s["dim"]), list(s["names"])) for s in meta["state"]]
+        self._set_episodes(columns["episode_index"])
+        self.state, self.actions = columns["state"].astype(np.float32), columns["actions"].astype(np.float32)
+        self.rewards, self.dones = columns.get("rewards"), columns.get("dones")
+        self.state_mean, self.state_std = columns["state_mean"], columns["state_std"]
+        self.action_low, self.action_high = columns["action_low"], columns["action_high"]
+        self.cameras, self.images = [], {}
+        self._check_columns()
 
     def _state_stats(self, stats: dict, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if all(k in stats and "mean" in stats[k] for k in keys):

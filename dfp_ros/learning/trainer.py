@@ -73,6 +73,8 @@ class Trainer:
             cfg.dataset, cfg.root, horizon=model_cfg.horizon, state_keys=cfg.state_keys or None,
             image_keys=cfg.image_keys, action_key=cfg.action_key, image_size=cfg.image_size,
             reward_key=cfg.reward_key, done_key=cfg.done_key, progress=progress)
+        # An arrays file brings its own reward and terminal columns: the checkpoint records those.
+        self.cfg = cfg = dataclasses.replace(cfg, reward_key=self.data.reward_key, done_key=self.data.done_key)
         if model_cfg.use_critic and not self.data.has_rewards:
             raise DatasetError(f"--critic needs a reward column {cfg.reward_key!r}; the dataset has none")
         self.step = 0

@@ -28,6 +28,7 @@ EPILOG = """examples:
   dfp bench realtime --episodes 20                                 # success vs added inference delay, real time
   dfp convert-bag my_bag data/my_bag --fps 20 --state-topic /joint_states --action-topic /cmd  # bag -> dataset
   dfp replay models/cube.onnx data/my_bag                          # model vs recorded actions, open loop
+  dfp pack-dataset --root data/cube --out data/cube.npz           # one arrays file, trainable without LeRobot
 """
 
 
@@ -38,12 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dfp", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,export,check,train-reward,bench,convert-bag,replay,make-play-dataset}")
+                           metavar="{train,export,check,train-reward,bench,convert-bag,replay,make-play-dataset,pack-dataset}")
 
     t = sub.add_parser("train", help="train a DFP policy (and optionally a critic) on a LeRobot dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--dataset", default="", help="LeRobot repo id (read from the local cache, offline)")
-    t.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json)")
+    t.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json), or an "
+                                                "arrays file from `dfp pack-dataset` (*.npz; read without LeRobot)")
     t.add_argument("--output", default=tc.output, help="run folder: checkpoints, log.csv, curves.png")
     t.add_argument("--state-keys", type=name_list, default=[],
                    help="comma-separated state features to concatenate (default: observation.state "
@@ -173,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
                "  dfp make-play-dataset --relabel-from outputs/play/cube-double-task2 --task 1 "
                "--root outputs/play/cube-double-task1   # the same episodes, task 1's rewards",
         formatter_class=argparse.RawDescriptionHelpFormatter))
+
+    pk = sub.add_parser("pack-dataset", help="a state-only LeRobot dataset -> one arrays file that `dfp train "
+                                             "--root FILE.npz` reads without LeRobot (e.g. on a GPU machine)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pk.add_argument("--dataset", default="", help="LeRobot repo id (read from the local cache, offline)")
+    pk.add_argument("--root", default=None, help="local dataset folder (the one holding meta/info.json)")
+    pk.add_argument("--out", required=True, help="the arrays file to write (*.npz)")
+    pk.add_argument("--state-keys", type=name_list, default=[],
+                    help="comma-separated state features (default: observation.state and "
+                         "observation.environment_state, when present)")
+    pk.add_argument("--action-key", default=tc.action_key)
+    pk.add_argument("--reward-key", default=tc.reward_key, help="per-frame reward column (kept when present)")
+    pk.add_argument("--done-key", default=tc.done_key,
+                    help="per-frame terminal column (next.success for an OGBench play dataset's task)")
+    pk.add_argument("--float16", action="store_true",
+                    help="store states and actions as float16: half the size, a relative rounding of 5e-4 "
+                         "(e.g. to fit a dataset into a 64 MiB transfer); statistics stay exact")
     return p
 
 
@@ -269,6 +288,24 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack_dataset(a: argparse.Namespace) -> int:
+    from dfp_ros.learning.dataset import ARRAYS_SUFFIX, ChunkDataset
+
+    if not a.dataset and not a.root:
+        raise ContractError("give --root (a local dataset folder) or --dataset (a repo id in the cache)")
+    if not a.out.endswith(ARRAYS_SUFFIX):
+        raise ContractError(f"--out names an arrays file *{ARRAYS_SUFFIX}, got {a.out!r}")
+    data = ChunkDataset(a.dataset, a.root, horizon=1, state_keys=a.state_keys or None, image_keys=[],
+                        action_key=a.action_key, reward_key=a.reward_key, done_key=a.done_key)
+    path = data.save_arrays(a.out, float16=a.float16)
+    print(f"dfp pack-dataset: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB"
+          f"{', float16' if a.float16 else ''}): {len(data)} frames, "
+          f"{data.num_episodes} episodes, state {data.state_dim} {[s.key for s in data.state_specs]}, action "
+          f"{data.action_dim}, rewards {'yes' if data.has_rewards else 'no'}, terminals "
+          f"{data.done_key if data.dones is not None else 'none'}")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from dfp_ros.learning.export import export_onnx
     from dfp_ros.learning.model import load_checkpoint
@@ -362,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "train-reward": cmd_train_reward,
                 "bench": cmd_bench,
-                "convert-bag": cmd_tool, "replay": cmd_tool, "make-play-dataset": cmd_tool}
+                "convert-bag": cmd_tool, "replay": cmd_tool, "make-play-dataset": cmd_tool,
+                "pack-dataset": cmd_pack_dataset}
     try:
         return handlers[args.command](args)
     except ContractError as e:  # user errors: one clear line, no traceback

@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(eager on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="training seed (networks, batches, training episodes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks train")
+    p.add_argument("--offline-from", default=None, metavar="DIR",
+                   help="offline checkpoints trained on another machine (scripts/gpu_ogbench_offline.sh): "
+                        "DIR/step_<k> for each evaluation step k, evaluated here instead of trained")
     p.add_argument("--work-dir", default=None,
                    help="checkpoints, curve.csv/png, summary.json (default: outputs/bench_ogbench/"
                         "<scene>-task<k>-s<seed>)")
@@ -184,7 +187,8 @@ def run_config(a: argparse.Namespace, dataset: Path, made_here: bool) -> dict[st
             **{k: getattr(a, k) for k in ("offline_steps", "online_env_steps", "eval_every", "eval_episodes",
                                           "eval_seed", "batch_size", "top_k", "num_candidates", "warmup_steps",
                                           "updates_per_step", "export_every", "seed", "device", "learner_mode")},
-            "hidden": list(a.hidden)}
+            "hidden": list(a.hidden),
+            **({"offline_from": str(Path(a.offline_from).resolve())} if a.offline_from else {})}
 
 
 def check_work_dir(work: Path, config: dict[str, Any]) -> None:
@@ -262,27 +266,18 @@ def _evaluate(model: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 def offline_phase(a: argparse.Namespace, work: Path, dataset: Path, progress: Progress,
                   report: Callable[[dict[str, Any]], None]) -> Path:
-    """Drift BC + critic to --offline-steps, evaluated at each checkpoint; returns the last checkpoint."""
-    from dfp_ros.learning.config import ModelConfig, TrainConfig
-    from dfp_ros.learning.trainer import Trainer
-
+    """Drift BC + critic to --offline-steps (or checkpoints trained elsewhere, --offline-from), evaluated at each
+    checkpoint; returns the last checkpoint."""
     run_dir = work / "offline"
     ckpt = run_dir / "checkpoints" / "last"
     done = {e["offline_steps"] for e in progress.done("offline")}
     for k in checkpoints(a.eval_every, a.offline_steps):
         if k in done:
             continue
-        # One Trainer per stretch, resumed from the last one's checkpoint (optimiser, RNG and step included).
-        cfg = TrainConfig(root=str(dataset), output=str(run_dir), steps=k, batch_size=a.batch_size, seed=a.seed,
-                          device=a.device, log_every=min(250, a.eval_every), checkpoint_every=a.eval_every,
-                          done_key=SUCCESS_KEY, step_mode=a.learner_mode)
-        trainer = Trainer(cfg, ModelConfig(actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.hidden),
-                                           use_critic=True), resume=True, progress=not a.no_progress)
-        if trainer.step > k:
-            raise OgbenchBenchError(f"{ckpt} is at step {trainer.step}, past the evaluation at {k} that "
-                                    f"{work / PROGRESS_FILE} lacks; choose another --work-dir")
-        _log(f"offline: training to step {k} (from {trainer.step}), {len(trainer.data)} frames")
-        trainer.run()
+        if a.offline_from:
+            import_checkpoint(Path(a.offline_from), k, a, ckpt)
+        else:
+            train_to(k, a, run_dir, dataset, work)
         ev = _evaluate(weak_bc.export_model(ckpt, work / "models" / "offline_eval.onnx", a.num_candidates), a)
         row = progress.add({"phase": "offline", "offline_steps": k, "online_env_steps": 0,
                             "success_rate": ev["success_rate"], "successes": ev["successes"],
@@ -290,6 +285,63 @@ def offline_phase(a: argparse.Namespace, work: Path, dataset: Path, progress: Pr
         _log(f"offline step {k}: success {ev['success_rate']:.0%} ({ev['successes']}/{ev['episodes']})")
         report(row)
     return ckpt
+
+
+def train_to(k: int, a: argparse.Namespace, run_dir: Path, dataset: Path, work: Path) -> None:
+    """Drift BC + critic in this process, on from the last checkpoint to step `k`."""
+    from dfp_ros.learning.config import ModelConfig, TrainConfig
+    from dfp_ros.learning.trainer import Trainer
+
+    # One Trainer per stretch, resumed from the last one's checkpoint (optimiser, RNG and step included).
+    cfg = TrainConfig(root=str(dataset), output=str(run_dir), steps=k, batch_size=a.batch_size, seed=a.seed,
+                      device=a.device, log_every=min(250, a.eval_every), checkpoint_every=a.eval_every,
+                      done_key=SUCCESS_KEY, step_mode=a.learner_mode)
+    trainer = Trainer(cfg, ModelConfig(actor_hidden=tuple(a.hidden), critic_hidden=tuple(a.hidden),
+                                       use_critic=True), resume=True, progress=not a.no_progress)
+    if trainer.step > k:
+        raise OgbenchBenchError(f"{run_dir / 'checkpoints' / 'last'} is at step {trainer.step}, past the evaluation "
+                                f"at {k} that "
+                                f"{work / PROGRESS_FILE} lacks; choose another --work-dir")
+    _log(f"offline: training to step {k} (from {trainer.step}), {len(trainer.data)} frames")
+    trainer.run()
+
+
+def import_checkpoint(folder: Path, k: int, a: argparse.Namespace, ckpt: Path) -> None:
+    """`folder`/step_<k> (model and config, trained elsewhere with this run's settings), a folder or the .tar
+    scripts/gpu_ogbench_offline.sh returns, becomes `ckpt`."""
+    import tarfile
+
+    from dfp_ros.learning.model import CONFIG_FILE as CKPT_CONFIG
+    from dfp_ros.learning.model import WEIGHTS_FILE
+
+    src, names = folder / f"step_{k:07d}", (WEIGHTS_FILE, CKPT_CONFIG)
+    files: dict[str, bytes] = {}
+    if src.is_dir():
+        files = {name: (src / name).read_bytes() for name in names if (src / name).is_file()}
+    elif src.with_suffix(".tar").is_file():
+        src = src.with_suffix(".tar")
+        try:
+            with tarfile.open(src) as tar:  # only the two files, by name: nothing else is written
+                files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name in names and m.isfile()}
+        except tarfile.TarError as e:
+            raise OgbenchBenchError(f"--offline-from: {src} is not a readable tar ({e})") from e
+    if set(files) != set(names):
+        raise OgbenchBenchError(f"--offline-from: no checkpoint {src} ({' + '.join(names)}, a folder or a .tar) "
+                                f"for the evaluation at {k} steps")
+    saved = json.loads(files[CKPT_CONFIG])
+    train, model = saved.get("train_config", {}), saved.get("model_config", {})
+    found = {"step": saved.get("step"), "hidden": model.get("actor_hidden"), "batch size": train.get("batch_size"),
+             "done key": train.get("done_key"), "critic": model.get("use_critic")}
+    wanted = {"step": k, "hidden": list(a.hidden), "batch size": a.batch_size, "done key": SUCCESS_KEY,
+              "critic": True}
+    differ = [f"{name} {found[name]!r} (this run: {wanted[name]!r})" for name in wanted if found[name] != wanted[name]]
+    if differ:
+        raise OgbenchBenchError(f"--offline-from: {src} was trained otherwise: {'; '.join(differ)}")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt.mkdir(parents=True)
+    for name, data in files.items():
+        (ckpt / name).write_bytes(data)
+    _log(f"offline step {k}: checkpoint trained elsewhere, {src}")
 
 
 def online_phase(a: argparse.Namespace, work: Path, dataset: Path, start: Path, progress: Progress,
