@@ -22,7 +22,7 @@ STEP_MODE=${STEP_MODE:-graphed}
 HIDDEN=${HIDDEN:-512,512,512,512}
 BATCH=${BATCH:-256}
 PY=${PY:-python3}
-RUN=/tmp/gpu_ogbench_run
+RUN=${RUN:-/tmp/gpu_ogbench_run}  # kept on a warm machine: a second call continues the run
 LOG="$OUT/run.txt"
 
 say() { echo "$*" | tee -a "$LOG"; }
