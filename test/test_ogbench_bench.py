@@ -215,7 +215,7 @@ def test_offline_checkpoints_trained_elsewhere_are_evaluated_in_place_of_trainin
                     tar.add(last / name, arcname=name)
 
     work = tmp_path / "run"
-    r = run(_args(work, dataset, "--online-env-steps", "0", "--offline-from", str(elsewhere)))
+    r = run(_args(work, dataset, "--online-env-steps", "0", "--eval-episodes", "1", "--offline-from", str(elsewhere)))
     assert [(e["phase"], e["offline_steps"]) for e in r["evaluations"]] == [("offline", 10), ("offline", 20)]
     assert not (work / "offline" / "log.csv").exists()  # nothing was trained here
     used = load_file(str(work / "offline" / "checkpoints" / "last" / "model.safetensors"))

@@ -29,7 +29,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 
 def _headless_egl_works() -> bool:
@@ -90,7 +90,9 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import ogbench.manipspace  # noqa: E402, F401  (registers the cube-* gymnasium ids)
 from ogbench.manipspace import lie  # noqa: E402
-from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle  # noqa: E402
+
+if TYPE_CHECKING:  # imported where an oracle is made: its scipy imports cost ~0.5 s a process otherwise
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
 from dfp_ros.sim.mesh_decimation import DecimationResult, decimate_visual_meshes  # noqa: E402
 
@@ -499,6 +501,8 @@ class CubeOracle:
     def __init__(self, sim: CubeSim, noise: float = 0.1, smoothing: float = 0.5, seed: int = 0) -> None:
         if noise < 0 or smoothing < 0:
             raise ValueError(f"noise and smoothing must be >= 0, got {noise}, {smoothing}")
+        from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+
         self._sim = sim
         self._planner = CubePlanOracle(env=sim.env, segment_dt=0.4, noise=float(noise),
                                        noise_smoothing=float(smoothing))
