@@ -34,7 +34,8 @@ replay must hold the model's cameras (decoded at the model's size).
 Model hand-over (each export that passed validation): `share_filesystem: true` sets the parameter
 `model_path` of <ns>/<policy_node_name> (SetParameters; the node validates and swaps, or refuses and
 keeps its model); false publishes the ONNX bytes on <ns>/dfp/model_update (UInt8MultiArray,
-transient-local, layout.dim[0].label = sha256 hex).
+transient-local, layout.dim[0].label = sha256 hex). Of exports reported together only the newest is handed
+over; one already deleted by the learner (it keeps its last few) is skipped with a warning.
 Pacing (`pace_robot`, simulation only): while the learner is more than `max_update_lag` updates
 behind `updates_per_step`, the policies are held (`enabled` false), which stops a lock-step
 simulator, so the configured ratio really holds. The chunk in progress is cut by the pause; the join
