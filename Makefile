@@ -25,7 +25,7 @@ model: setup  ## rebuild the bundled models/cube_single.onnx from scratch
 
 test: setup  ## lint + the whole test suite
 	$(VENV)/bin/ruff check dfp_ros test launch
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25  # the slowest tests, named in every CI log
 
 bench: setup  ## benchmarks (figures for the README's Performance section)
 	$(PY) -m dfp_ros.tools.cli bench train
