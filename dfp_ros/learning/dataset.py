@@ -87,6 +87,7 @@ def open_lerobot_dataset(repo_id: str, root: str | Path | None):
         raise DatasetError(f"cannot open LeRobot dataset from {where}: {type(e).__name__}: {e}") from e
 
 
+REWARD_KEY, DONE_KEY = "next.reward", "next.done"  # LeRobot's names, the loader's defaults
 ARRAYS_SUFFIX = ".npz"
 ARRAYS_FORMAT = "dfp_ros chunk arrays 1"
 _ARRAY_NAMES = ("episode_index", "state", "actions", "state_mean", "state_std", "action_low", "action_high")
@@ -103,7 +104,7 @@ class ChunkDataset:
     def __init__(self, repo_id: str, root: str | Path | None, *, horizon: int,
                  state_keys: list[str] | None = None, image_keys: list[str] | None = None,
                  action_key: str = "action", image_size: tuple[int, int] = (96, 96),
-                 reward_key: str = "next.reward", done_key: str = "next.done",
+                 reward_key: str = REWARD_KEY, done_key: str = DONE_KEY,
                  progress: bool = True, frame_cache: bool = True, cache_dir: str | Path | None = None):
         """`frame_cache` False decodes the cameras into memory without reading or writing the cache;
         `cache_dir` None is `video_frames.default_cache_dir()`. A `root` ending in .npz is an arrays file."""
@@ -225,11 +226,11 @@ class ChunkDataset:
         except (OSError, KeyError, ValueError) as e:  # missing, not an npz, or without its meta
             raise DatasetError(f"cannot read arrays file {path}: {type(e).__name__}: {e}") from e
         held = [s["key"] for s in meta["state"]]
-        asked = {"state keys": (state_keys or held, held), "action key": (action_key, meta["action_key"]),
-                 "reward key": (reward_key, meta["reward_key"]), "done key": (done_key, meta["done_key"])}
-        defaults = {"reward key": "next.reward", "done key": "next.done"}  # unset: the file's own columns
-        differ = [f"{what} {want!r} (the file holds {have!r})" for what, (want, have) in asked.items()
-                  if list(np.atleast_1d(want)) != list(np.atleast_1d(have)) and want != defaults.get(what)]
+        # Keys left at their defaults take the file's own columns; a key asked for by name must match.
+        asked = {"state keys": (list(state_keys or held), held), "action key": (action_key, meta["action_key"]),
+                 "reward key": (reward_key, meta["reward_key"] if reward_key != REWARD_KEY else reward_key),
+                 "done key": (done_key, meta["done_key"] if done_key != DONE_KEY else done_key)}
+        differ = [f"{what} {want!r} (the file holds {have!r})" for what, (want, have) in asked.items() if want != have]
         if image_keys:
             differ.append(f"cameras {image_keys} (an arrays file holds none)")
         if differ:

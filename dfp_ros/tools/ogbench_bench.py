@@ -300,8 +300,7 @@ def train_to(k: int, a: argparse.Namespace, run_dir: Path, dataset: Path, work: 
                                        use_critic=True), resume=True, progress=not a.no_progress)
     if trainer.step > k:
         raise OgbenchBenchError(f"{run_dir / 'checkpoints' / 'last'} is at step {trainer.step}, past the evaluation "
-                                f"at {k} that "
-                                f"{work / PROGRESS_FILE} lacks; choose another --work-dir")
+                                f"at {k} that {work / PROGRESS_FILE} lacks; choose another --work-dir")
     _log(f"offline: training to step {k} (from {trainer.step}), {len(trainer.data)} frames")
     trainer.run()
 
