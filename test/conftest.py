@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,8 +12,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Decoded camera frames of the suite's throw-away datasets stay out of the user's cache.
-os.environ.setdefault("DFP_ROS_FRAME_CACHE", tempfile.mkdtemp(prefix="dfp_ros_test_frames_"))
+_FRAME_CACHE = None
+if "DFP_ROS_FRAME_CACHE" not in os.environ:
+    _FRAME_CACHE = os.environ["DFP_ROS_FRAME_CACHE"] = tempfile.mkdtemp(prefix="dfp_ros_test_frames_")
 sys.path.insert(0, str(Path(__file__).parent))
+# Parallel workers (pytest -n N) each draw their tests' ROS domains from a range of their own, so no two
+# tests running at once share a graph.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    _span = 100 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _first = 1 + int(_worker[2:]) * _span
+    os.environ["DFP_ROS_DOMAINS"] = f"{_first}-{_first + _span - 1}"
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +68,8 @@ def stays_ordinary_scheduling():
     if now != "other":
         drop_inherited_realtime({})
         pytest.fail(f"this test left the test process under real-time scheduling ({now})")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _FRAME_CACHE:
+        shutil.rmtree(_FRAME_CACHE, ignore_errors=True)

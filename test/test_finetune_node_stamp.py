@@ -31,6 +31,8 @@ from std_msgs.msg import Float32, Float64MultiArray, String
 from std_srvs.srv import SetBool
 from test_finetune_node import FPS, finetune_params, make_robot_checkpoint
 
+pytestmark = pytest.mark.realtime  # wall-clock deadlines: run alone, not beside other tests
+
 H = 4
 STEPS = 10  # per episode: chunks at steps 0, 4, 8; the last one ends inside the episode's terminal step
 STATE_NAMES = ["elbow.pos", "wrist.pos", "wrist.vel"]

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.realtime  # wall-clock deadlines: run alone, not beside other tests
+
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402

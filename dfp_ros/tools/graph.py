@@ -29,9 +29,21 @@ PARTICIPANT_ENV = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC
                    "FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE")
 
 
+DOMAIN_RANGE_ENV = "DFP_ROS_DOMAINS"
+
+
 def domain_id(offset: int = 0) -> int:
-    """A ROS domain in 1..100 derived from the pid, so parallel runs rarely share a graph."""
-    return 1 + (os.getpid() + offset) % 100
+    """A ROS domain in 1..100 derived from the pid, so parallel runs rarely share a graph. Runs that
+    must never share one (parallel test workers) each set their own range: DFP_ROS_DOMAINS="51-100"."""
+    first, last = 1, 100
+    if spec := os.environ.get(DOMAIN_RANGE_ENV, "").strip():
+        try:
+            first, last = (int(x) for x in spec.split("-"))
+        except ValueError:
+            raise ValueError(f"{DOMAIN_RANGE_ENV}={spec!r}: expected FIRST-LAST, e.g. 51-100") from None
+        if not 0 <= first <= last <= 232:
+            raise ValueError(f"{DOMAIN_RANGE_ENV}={spec!r}: ROS domains are 0..232, first <= last")
+    return first + (os.getpid() + offset) % (last - first + 1)
 
 
 def domain_or_inherited(domain: int | None) -> int:
