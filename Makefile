@@ -25,11 +25,7 @@ model: setup  ## rebuild the bundled models/cube_single.onnx from scratch
 
 test: setup  ## lint + the whole test suite
 	$(VENV)/bin/ruff check dfp_ros test launch
-	@# Two workers for the rest, then the real-time tests alone (their deadlines must not share the CPUs);
-	@# both parts run, the slowest tests are named in every CI log.
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not realtime" --durations=25; rest=$$?; \
-	$(PY) -m pytest -q -m realtime --durations=5; realtime=$$?; \
-	exit $$(( rest || realtime ))
+	$(PY) -m pytest -q --durations=25  # the slowest tests, named in every CI log
 
 bench: setup  ## benchmarks (figures for the README's Performance section)
 	$(PY) -m dfp_ros.tools.cli bench train
