@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
     _span = 100 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     _first = 1 + int(_worker[2:]) * _span
-    os.environ["DFP_ROS_DOMAINS"] = f"{_first}-{_first + _span - 1}"
+    from dfp_ros.tools.graph import DOMAIN_RANGE_ENV
+
+    os.environ[DOMAIN_RANGE_ENV] = f"{_first}-{_first + _span - 1}"
 
 
 @pytest.fixture(scope="session")
