@@ -13,7 +13,8 @@ from synthetic_datasets import ACTION_NOISE, MODES, SHARES
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 from dfp_ros.tools.cli import main
 
-SMALL = ["--hidden", "128,128,128", "--batch-size", "64", "--lr", "1e-3", "--no-progress", "--log-every", "1000"]
+# lr 2e-3: 4000 steps cover the modes as 7000 at 1e-3 did (samples off every mode: 9-10% over seeds 0-2).
+SMALL = ["--hidden", "128,128,128", "--batch-size", "64", "--lr", "2e-3", "--no-progress", "--log-every", "1000"]
 
 
 def _train_and_sample(dataset: Path, out: Path, steps: int, *extra: str) -> np.ndarray:
@@ -37,14 +38,14 @@ def _mode_report(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def test_drift_policy_covers_every_mode_with_its_share(multimodal_dataset, tmp_path):
-    shares, far = _mode_report(_train_and_sample(multimodal_dataset, tmp_path / "drift", 7_000))
+    shares, far = _mode_report(_train_and_sample(multimodal_dataset, tmp_path / "drift", 4_000))
     assert np.all(np.abs(shares - SHARES) <= 0.15), (shares, SHARES)
     assert np.all(shares > 0.05), shares
     assert far <= 0.15, far
 
 
 def test_mse_baseline_collapses_between_modes(multimodal_dataset, tmp_path):
-    samples = _train_and_sample(multimodal_dataset, tmp_path / "mse", 3_000, "--loss", "mse")
+    samples = _train_and_sample(multimodal_dataset, tmp_path / "mse", 1_500, "--loss", "mse")
     shares, far = _mode_report(samples)
     assert far >= 0.9, (shares, far)
     # The regression answer is the (share-weighted) mean of the modes, whatever the noise.

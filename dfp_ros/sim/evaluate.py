@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dfp_ros.sim.cube_env import CubeSim
+from dfp_ros.sim.scene_pool import borrowed_scene
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -27,6 +27,8 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Run `episodes` episodes (episode i reset with seed + i), each until success or time-out.
 
+    The scene is borrowed from this process's kept scenes (`scene_pool`): a fresh one gives the same episodes.
+
     Returns dict(success_rate, episodes, successes, env_steps, cubes_placed): `cubes_placed` is the share of the
     cubes within 4 cm of their targets when an episode ends, averaged over the episodes (1 in a success; partial
     progress on a multi-cube task whose success rate is still 0).
@@ -35,7 +37,7 @@ def evaluate(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     successes = env_steps = 0
     placed = 0.0
-    with CubeSim(env_name, task_id=task_id, seed=seed) as sim:
+    with borrowed_scene(env_name, task_id) as sim:
         it = range(episodes)
         if progress:
             from tqdm import tqdm

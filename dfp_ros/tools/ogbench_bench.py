@@ -146,15 +146,15 @@ def check_arguments(a: argparse.Namespace) -> None:
 def check_dataset(root: Path, env: str, task: int) -> None:
     """OgbenchBenchError unless root is a LeRobot dataset with the scene's state and actions (names and sizes,
     as CubeSim gives them) and task rewards; a play dataset must be labelled with this scene and task."""
-    from dfp_ros.sim.cube_env import CubeSim
     from dfp_ros.sim.play_datasets import read_config
+    from dfp_ros.sim.scene_pool import borrowed_scene
 
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise OgbenchBenchError(f"dataset {root} is not a LeRobot dataset (no meta/info.json); make one with "
                                 f"`dfp make-play-dataset --env {env} --task {task} --root {root}`")
     features = json.loads(info_path.read_text())["features"]
-    with CubeSim(env, task_id=task) as sim:
+    with borrowed_scene(env, task) as sim:
         layouts = {"observation.state": sim.state_names, "action": sim.action_names}
     for key, names in layouts.items():
         if key not in features:
