@@ -34,10 +34,11 @@ def dataset(tmp_path_factory) -> Path:
 
 def _args(work: Path, dataset: Path, *extra: str):
     # 20 offline steps evaluated at 10 and 20; 1000 online env steps = two 500-step episodes (this policy does
-    # not solve task 2), evaluated after each (--eval-every 10 counts env steps online); 5 updates per episode.
+    # not solve task 2), evaluated after each (--eval-every 10 counts env steps online) on one episode; 5 updates
+    # per episode.
     return build_parser().parse_args([
         "bench", "ogbench", "--dataset", str(dataset), "--work-dir", str(work), "--offline-steps", "20",
-        "--online-env-steps", "1000", "--eval-every", "10", "--eval-episodes", "2", "--hidden", "32",
+        "--online-env-steps", "1000", "--eval-every", "10", "--eval-episodes", "1", "--hidden", "32",
         "--batch-size", "16", "--num-candidates", "4", "--top-k", "2", "--warmup-steps", "0",
         "--updates-per-step", "0.01", "--export-every", "5", "--no-progress", *extra])
 
@@ -68,8 +69,8 @@ def test_chain_runs_resumes_without_repeating_and_refuses_other_settings(tmp_pat
     rows = _rows(work)
     assert rows[:3] == interrupted
     assert [(x["phase"], x["offline_steps"], x["online_env_steps"], x["episodes"]) for x in rows] == [
-        ("offline", "10", "0", "2"), ("offline", "20", "0", "2"), ("online", "20", "500", "2"),
-        ("online", "20", "1000", "2")]
+        ("offline", "10", "0", "1"), ("offline", "20", "0", "1"), ("online", "20", "500", "1"),
+        ("online", "20", "1000", "1")]
     # A success places every cube: the share of cubes placed is at least the success rate.
     assert all(0.0 <= float(x["success_rate"]) <= float(x["cubes_placed"]) <= 1.0 and float(x["cpu_s"]) > 0
                for x in rows)

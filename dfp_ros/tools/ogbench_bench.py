@@ -421,12 +421,21 @@ def write_curve(work: Path, evaluations: list[dict[str, Any]]) -> None:
         w.writerows(evaluations)
 
 
+def _steps_label(x: float, _pos: int | None = None) -> str:
+    """A step count as a short label: 500, 10k, 1.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
 def plot_curve(path: Path, evaluations: list[dict[str, Any]], env: str, title: str) -> None:
     """Two panels, log steps: success vs offline steps, then vs online env steps; QC's points as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ref = QC_REFERENCE.get(env, {})
     fig, (ax_off, ax_on) = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
@@ -445,6 +454,9 @@ def plot_curve(path: Path, evaluations: list[dict[str, Any]], env: str, title: s
             ax.plot(list(points), list(points.values()), linestyle="none", marker="s", color="black",
                     label=f"QC ({ref['source']}{after})")
         ax.set_xscale("log")
+        # "10k", "1M" rather than 10^4, 10^6: easier to read beside QC's step counts, and no mathtext to typeset.
+        ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
     offline_rows = [e for e in evaluations if e["phase"] == "offline"]
