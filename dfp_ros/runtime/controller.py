@@ -402,11 +402,20 @@ class PolicyController:
         that is late for this tick and its plan; so the tick runs the newest observation's chunk."""
         end = time.monotonic() + self._max_plan_wait_s
         with self._plan_done:
-            while self._lead() == 0 and (self._in_flight or self._observation_late(self._clock())):
+            while self._tick_should_wait(self._clock()):
                 left = end - time.monotonic()
                 if left <= 0:
                     return
                 self._plan_done.wait(left)
+
+    def tick_should_wait(self, now: float) -> bool:
+        """Whether a timer tick now would wait for a plan (wait_for_plan's condition, for a loop driven by
+        another clock)."""
+        with self._lock:
+            return self._tick_should_wait(now)
+
+    def _tick_should_wait(self, now: float) -> bool:
+        return self._lead() == 0 and (self._in_flight or self._observation_late(now))
 
     def _observation_late(self, now: float) -> bool:
         """A streaming pacing source, an empty queue, and no pacing observation since the last tick."""
