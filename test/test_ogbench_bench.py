@@ -168,7 +168,7 @@ def test_a_dataset_grown_after_the_run_started_is_another_run(tmp_path, dataset,
     grown = tmp_path / "play"
     shutil.copytree(dataset, grown)
     work = tmp_path / "run"
-    schedule = ("--offline-steps", "10", "--online-env-steps", "0", "--eval-episodes", "1")
+    schedule = ("--offline-steps", "10", "--online-env-steps", "0")
     run(_args(work, grown, *schedule))
     files = {p: p.read_bytes() for p in (work / "curve.csv", work / "config.json", work / "progress.json")}
     make_play_dataset(grown, 3, PlayConfig(env_name="cube-double-v0", task_id=2, episode_steps=60), progress=False)
@@ -182,7 +182,7 @@ def test_a_finished_offline_phase_grows_on_from_its_last_checkpoint(tmp_path, da
     from dfp_ros.learning.trainer import load_checkpoint
 
     work = tmp_path / "run"
-    schedule = ("--online-env-steps", "0", "--eval-episodes", "1")
+    schedule = ("--online-env-steps", "0")
     run(_args(work, dataset, *schedule, "--offline-steps", "10"))
     first = _rows(work)
     r = run(_args(work, dataset, *schedule, "--offline-steps", "20"))
@@ -216,7 +216,7 @@ def test_offline_checkpoints_trained_elsewhere_are_evaluated_in_place_of_trainin
                     tar.add(last / name, arcname=name)
 
     work = tmp_path / "run"
-    r = run(_args(work, dataset, "--online-env-steps", "0", "--eval-episodes", "1", "--offline-from", str(elsewhere)))
+    r = run(_args(work, dataset, "--online-env-steps", "0", "--offline-from", str(elsewhere)))
     assert [(e["phase"], e["offline_steps"]) for e in r["evaluations"]] == [("offline", 10), ("offline", 20)]
     assert not (work / "offline" / "log.csv").exists()  # nothing was trained here
     used = load_file(str(work / "offline" / "checkpoints" / "last" / "model.safetensors"))

@@ -190,7 +190,7 @@ def test_node_success_on_success_frames_timeout_on_failure_stale_frames_counted_
         assert not refused.successful and "not a reward model" in refused.reason, refused.reason
         taken = _set_model(graph, client, detector.source)
         assert taken.successful, taken.reason
-        graph.spin_for(0.7)
+        assert graph.spin_until(lambda: _diagnostics(diag).get("model_swaps") == "1", 10.0), _diagnostics(diag)
         values = _diagnostics(diag)
         assert values["model_swaps"] == "1" and values["models_refused"] == "1", values
         assert proc.poll() is None
