@@ -280,12 +280,14 @@ def test_valid_model_swap_keeps_ticking(robot, model, tmp_path):
     # The same model from another path: swapped between ticks without missing commands.
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(MODEL.read_bytes())
-    robot.feed(0.3)
+    robot.feed(0.5)
     t = time.monotonic()
+    before = robot.diagnostics_since(t - 0.45)[-1]  # (every 0.2 s) while the states flowed
     assert robot.set_param_while_feeding("model_path", str(copy), 0.7).successful
-    arrivals = [a for a in robot.commands.arrivals if a > t]
-    assert len(arrivals) >= 10
-    assert max(np.diff(arrivals)) < 2.5 * PERIOD, "a swap cost more than one control tick"
+    assert len(robot.commands_after(t)) >= 10
+    # The node's own count, not this process's arrival times: no tick went without an action.
+    after = [d for d in robot.diagnostics_since(t) if d["safety_state"] == "ok"][-1]  # (while the states flowed)
+    assert after["ticks_without_action"] == before["ticks_without_action"], "a swap cost a tick its action"
     assert str(copy) in robot.diagnostics()["model_source"]
 
 
@@ -433,9 +435,10 @@ def test_human_takeover_and_hand_back_keep_ticking(robot, model):
     stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in executed])
     assert (np.diff(stamps) >= 0).all(), "each tick acts on the newest observation"
     # Timer ticks against the test's jittery 20 Hz stream: a tick may act on the same observation as the one
-    # before (the next one came late), but the ticks go on (the same bound as a model swap's).
-    arrivals = [a for a in robot.executed.arrivals if a > t]
-    assert max(np.diff(arrivals)) < 2.5 * PERIOD, "a tick lost at a switch"
+    # before (the next one came late), but the ticks go on: none without an action (the node's count).
+    # (Read while the states flowed: once they stop, the queue runs out before the watchdog says stale.)
+    fed = [d for d in robot.diagnostics_since(t) if d["safety_state"] == "ok"]  # every 0.2 s, from before the switches
+    assert fed[-1]["ticks_without_action"] == fed[0]["ticks_without_action"], "a tick lost at a switch"
     for m in executed:
         assert list(m.joint_names) == model.meta.action_names
         if m.header.frame_id == "human":

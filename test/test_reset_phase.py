@@ -219,7 +219,11 @@ def test_reset_node_takes_the_simulated_arm_home_between_episodes_and_starts_the
             assert g.spin_until(lambda: "start" in words()[words().index("reset"):], 60.0), reset.log()
             t_reset = events.arrivals[words().index("reset")]
             t_start = events.arrivals[words().index("start", words().index("reset"))]
-            g.spin_for(0.3)  # the next episode runs on
+            # The next episode runs on (lock-step: as fast as this machine steps, so counted, not timed).
+            policy_ticks = lambda: sum(  # noqa: E731
+                m.header.frame_id == "policy" for m, t in zip(executed.messages, executed.arrivals, strict=True)
+                if t > t_start)
+            assert g.spin_until(lambda: policy_ticks() >= 20, 30.0), "the policy does not drive the next episode"
     finally:
         for p in reversed(procs):
             stop(p)
