@@ -128,9 +128,9 @@ def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_st
         chunks, commands, diag = robot.chunks, robot.commands, robot.diag
         image, joint_msg = _image("rgb8"), _joints()
 
-        def feed(seconds: float, with_frames: bool) -> None:
+        def feed(seconds: float, with_frames: bool, until=lambda: False) -> None:
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end and not until():
                 image.header.stamp = joint_msg.header.stamp = graph.node.get_clock().now().to_msg()
                 if with_frames:
                     cam.publish(image)
@@ -143,7 +143,12 @@ def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_st
         assert "front" in _diagnostics(diag)["missing"], _diagnostics(diag)
         feed(1.0, with_frames=True)
         assert commands.count > 0, proc.log()[-2000:]
-        feed(0.5, with_frames=False)  # the camera stops; joint states go on
+        # The camera stops; joint states go on. The node's word (not this process's clock) says when the
+        # frame went stale: counted from then.
+        n = diag.count
+        stale = lambda: any(_stale_front(m) for m in diag.messages[n:])  # noqa: E731
+        feed(10.0, with_frames=False, until=stale)
+        assert stale(), _diagnostics(diag)
         settled = time.monotonic()
         chunks_then, commands_then = chunks.count, len([a for a in commands.arrivals if a <= settled])
         feed(1.5, with_frames=False)
@@ -153,6 +158,15 @@ def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_st
         graph.spin_for(1.2)
         values = _diagnostics(diag)
         assert values["watchdog"] == "stale" and "front" in values["missing"], values
+
+
+def _stale_front(msg) -> bool:
+    """A policy_node diagnostics message saying its observations are stale, the front camera missing."""
+    for status in msg.status:
+        if "policy_node" in status.name:
+            values = {kv.key: kv.value for kv in status.values}
+            return values.get("watchdog") == "stale" and "front" in values.get("missing", "")
+    return False
 
 
 def _diagnostics(diag) -> dict[str, str]:

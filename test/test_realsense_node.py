@@ -108,8 +108,13 @@ def test_playback_publishes_images_camera_info_and_stamps(tmp_path):
     assert (ci.width, ci.height, ci.distortion_model) == (W, H, "plumb_bob")
     np.testing.assert_allclose(ci.k, [FX, 0, W / 2, 0, FX, H / 2, 0, 0, 1])
     np.testing.assert_allclose(ci.d[:1], [0.1])
-    color_stamps = {_ns(m.header.stamp) for m in color.messages}
-    assert sum(_ns(m.header.stamp) in color_stamps for m in info.messages) >= len(info.messages) - 1
+    # Each camera_info is stamped as one of the recording's frames, and each colour frame that arrived has
+    # its camera_info (colour is best effort, so a loaded machine drops some of it; camera_info is reliable;
+    # the last frame's camera_info may be cut off by the shutdown).
+    frame_ns = np.array([round((T0_MS + i * 1000.0 / FPS) * 1e6) for i in range(N)])
+    info_stamps = {_ns(m.header.stamp) for m in info.messages}
+    assert all(np.abs(frame_ns - s).min() < 1000 for s in info_stamps), sorted(info_stamps)
+    assert sum(_ns(m.header.stamp) in info_stamps for m in color.messages) >= len(color.messages) - 1
     d = depth.messages[-1]
     assert (d.encoding, d.width, d.height, d.step) == ("16UC1", W, H, W * 2)
     assert 1000 <= int(np.frombuffer(bytes(d.data), np.uint16)[0]) < 1000 + N
