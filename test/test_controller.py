@@ -358,6 +358,20 @@ def test_a_chunk_starts_at_the_ticks_executed_since_its_observation_whatever_the
     np.testing.assert_allclose(ctrl.tick(clock.advance(0.04)).command, expected_command(runtime, plan.chunk[1]))
 
 
+def test_ticks_the_loop_missed_drop_their_actions(runtime):
+    """A stalled control loop skips ticks (not made up twice); the actions planned for them are dropped, so
+    the next tick runs the action for its own time, not a late one."""
+    clock = Clock()
+    ctrl = controller(runtime, clock, max_obs_age_s=1.0, replan_every=5)
+    observe(ctrl, clock)
+    plan = ctrl.plan(clock.t)
+    np.testing.assert_allclose(ctrl.tick(clock.advance(0.001)).command, expected_command(runtime, plan.chunk[0]))
+    clock.advance(2 * PERIOD)
+    ctrl.count_missed_ticks(2)
+    np.testing.assert_allclose(ctrl.tick(clock.advance(PERIOD)).command, expected_command(runtime, plan.chunk[3]))
+    assert ctrl.stats(clock.t)["missed_ticks"] == 2
+
+
 def test_observation_trigger_plans_in_the_callback_when_fast_and_ahead_when_slow(runtime):
     clock = Clock()
     fast = controller(runtime, clock, trigger="observation", max_obs_age_s=1.0)

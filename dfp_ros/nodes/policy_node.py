@@ -23,7 +23,9 @@ command published: frame_id policy | human | hold, stamp = the observation's) sa
 
 Threads: inference on its own (ONNX Runtime releases the GIL), callbacks on one executor thread
 (EventsExecutor or SingleThreadedExecutor: this rclpy's MultiThreadedExecutor delivered messages ~100 ms
-late), so neither a slow inference nor loading a new model delays a tick.
+late), so a slow inference does not delay a tick. A new model is loaded and checked in the parameter
+callback, on the executor thread: the control thread ticks on from the queue meanwhile, but states wait,
+so on a loaded machine a swap may leave one tick without an action (`ticks_without_action`).
 
 Trigger "observation" (config/policy.yaml): each message of the first state source ticks once in its
 callback, after a plan expected within `max_plan_wait_s` (a slower one runs early on the inference

@@ -566,9 +566,13 @@ class PolicyController:
                         min(stamps.values()) if len(stamps) == self._parts else 0)
 
     def count_missed_ticks(self, n: int) -> None:
-        """The control loop fell more than a period behind and skipped `n` ticks."""
+        """The control loop fell more than a period behind and skipped `n` ticks: their actions are dropped,
+        so the rest of the chunk still runs at the ticks it was planned for."""
         with self._lock:
             self._missed_ticks += n
+            for _ in range(n):
+                self._queue.pop()
+            self._next_index += n
 
     # --- operator inputs ------------------------------------------------------------------------------
     def estop(self) -> bool:
