@@ -151,7 +151,10 @@ def test_a_delayed_chunk_runs_from_the_index_of_the_ticks_that_passed(tmp_path):
             matches = [i for stamp, rows in table if stamp <= t
                        for i in {int((t - stamp) // (PERIOD * 1e9)), int(-((stamp - t) // (PERIOD * 1e9)))}
                        if i < HORIZON and np.allclose(rows[i], action, atol=1e-6)]
-            assert matches, f"command at {t} is no chunk's action for a tick within a period of it"
+            near = [(round((t - stamp) / (PERIOD * 1e9), 2), int(np.argmin(np.abs(rows - action).max(1))))
+                    for stamp, rows in table if 0 <= t - stamp < HORIZON * PERIOD * 1e9]
+            assert matches, (f"command at {t} is no chunk's action for a tick within a period of it; (periods since "
+                             f"each chunk's stamp, its nearest row): {near}; policy: {pair.values('policy_node')}")
             assert max(matches) >= 2, f"a command from index {matches}: the 100 ms of planning had not passed"
             checked += 1
         assert checked >= 40, (checked, chunks.count, commands.count, pair.logs())
