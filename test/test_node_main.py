@@ -1,4 +1,4 @@
-"""The executor a dfp_ros node spins with (node_main.make_executor / executor_from_env): choice, fallback, delivery."""
+"""How a dfp_ros node spins (node_main): the executor it picks, its fallback, delivery, and how the spin ends."""
 
 from __future__ import annotations
 
@@ -104,3 +104,66 @@ def test_a_parameter_of_the_wrong_type_is_a_one_line_configuration_error(monkeyp
 
     assert run_node(make_node, "node_main_config_probe", args=[]) == CONFIG_ERROR_EXIT
     assert made and not rclpy.ok()
+
+
+class _FailingSpin:
+    """An executor whose spin fails the way a signal-interrupted `take_message` does."""
+
+    def __init__(self, on_fail=None) -> None:
+        self.on_fail = on_fail
+
+    def add_node(self, node) -> None:
+        pass
+
+    def remove_node(self, node) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def spin_once(self, timeout_sec: float | None = None) -> None:
+        if self.on_fail is not None:
+            self.on_fail()
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+
+def _run_with_failing_spin(monkeypatch, domain: int, on_fail) -> tuple[list[bool], object]:
+    import threading
+
+    from dfp_ros.nodes import node_main
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id(domain)))
+    monkeypatch.setattr(node_main, "make_executor", lambda kind: (_FailingSpin(on_fail), None))
+    monkeypatch.setattr(node_main, "SIGNAL_SHUTDOWN_GRACE_S", 0.5)
+    closes: list[bool] = []
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["rc"] = node_main.run_node(lambda: rclpy.create_node("node_main_spin_probe"), "probe",
+                                              args=[], close=lambda node, signalled: closes.append(signalled))
+        except RuntimeError as err:
+            result["error"] = err
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    return closes, result
+
+
+def test_an_exception_from_the_spin_that_a_signal_shutdown_follows_is_a_normal_end(monkeypatch):
+    import threading
+
+    # rclpy's handler shuts the context down from another thread, a moment after the take failed
+    def shut_down_soon() -> None:
+        threading.Timer(0.1, rclpy.try_shutdown).start()
+
+    closes, result = _run_with_failing_spin(monkeypatch, 73, shut_down_soon)
+    assert result == {"rc": 0} and closes == [True]
+
+
+def test_an_exception_from_the_spin_without_a_shutdown_still_fails_the_node(monkeypatch):
+    closes, result = _run_with_failing_spin(monkeypatch, 74, None)
+    assert "Unable to convert" in str(result.get("error")) and closes == [False]
+    assert not rclpy.ok()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -37,6 +38,7 @@ N = TypeVar("N", bound=Node)
 CONFIG_ERROR_EXIT = 2
 EXECUTOR_ENV = "DFP_ROS_EXECUTOR"
 EXECUTORS = ("events", "single")
+SIGNAL_SHUTDOWN_GRACE_S = 1.0  # how long an exception in the spin waits to be explained by a signal
 
 
 def freeze_heap() -> None:
@@ -72,6 +74,21 @@ def make_executor(kind: str, context: Context | None = None) -> tuple[Executor, 
                     f"EventsExecutor unavailable ({e}); using SingleThreadedExecutor")
         return EventsExecutor(context=context), None
     return SingleThreadedExecutor(context=context), None
+
+
+def context_shuts_down(within_s: float, poll_s: float = 0.01) -> bool:
+    """Whether rclpy's default context is, or within `within_s` becomes, shut down.
+
+    rclpy's signal handler shuts the context down from another thread, so an exception that the
+    signal caused (a pending KeyboardInterrupt surfaces inside `take_message` as pybind11's "Unable to
+    convert call argument") can reach the spin loop while `rclpy.ok()` is still true.
+    """
+    end = time.monotonic() + within_s
+    while rclpy.ok():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = None,
@@ -110,9 +127,9 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
                 try:
                     spinner.spin_once(timeout_sec=0.1)
                 except Exception:
-                    if rclpy.ok():
+                    if not context_shuts_down(SIGNAL_SHUTDOWN_GRACE_S):
                         raise
-                    break  # a callback that was publishing when a signal shut the context down: a normal end
+                    break  # a take or a publish that a signal interrupted: a normal end
             signalled = not getattr(node, "finished", False)
     except (KeyboardInterrupt, ExternalShutdownException):
         signalled = True
