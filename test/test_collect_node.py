@@ -132,6 +132,7 @@ def test_parameter_table_declares_empty_lists_by_type_and_cameras_by_name():
         rclpy.shutdown()
 
 
+@pytest.mark.realtime  # frames counted in wall-clock windows: run alone, not beside other tests
 def test_stream_gap_sigint_and_append(tmp_path):
     dom = domain_id(110)
     env = ros_env(dom)

@@ -29,6 +29,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from ros_graph import RosGraph, domain_id, ros_env, start_node, stop
 from std_msgs.msg import String
 
+pytestmark = pytest.mark.realtime  # the policy's control rate while the learner trains: run alone
+
 H = 5
 FPS = 20.0
 MIN_CONTROL_RATE_HZ = FPS  # lock-step runs as fast as the policy answers; it must never fall below real time

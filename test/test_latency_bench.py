@@ -18,6 +18,8 @@ pytest.importorskip("torch", reason="the bench builds its two models with torch 
 
 from ros_graph import domain_id
 
+pytestmark = pytest.mark.realtime  # measures latency: run alone, not beside other tests
+
 POSITIVE = ("latency_p50_ms", "latency_p99_ms", "latency_max_ms", "inference_p50_ms", "inference_p99_ms",
             "jitter_p50_ms", "jitter_p99_ms", "jitter_max_ms", "node_tick_jitter_p50_ms", "node_tick_jitter_p99_ms",
             "obs_to_chunk_in_node_p50_ms", "obs_to_chunk_in_node_p99_ms", "latency_p99_outside_stalls_ms",

@@ -65,6 +65,15 @@ def test_ensemble_aligns_slots_by_age():
     assert [q.pop()[0] for _ in range(4)] == [5.5, 6.5, 7.5, 13.0]
 
 
+def test_dropped_ticks_leave_the_rest_of_the_chunks_aligned():
+    q = ChunkQueue(1, period=0.05, merge="ensemble", ensemble_k=0.0)
+    q.push(chunk([0, 1, 2, 3]), 0.0, 0.0)
+    q.push(chunk([10, 11, 12, 13, 14]), 0.0, 0.0)
+    assert q.drop(2) == 2  # two ticks passed unexecuted
+    assert [q.pop()[0] for _ in range(3)] == [7.0, 8.0, 14.0]  # slots 2, 3, 4: the mean per slot
+    assert q.drop(5) == 0 and q.drop(-1) == 0 and q.remaining() == 0
+
+
 def test_queue_rejects_wrong_shape():
     with pytest.raises(ValueError):
         ChunkQueue(2, 0.05).push(np.zeros((3, 5)), 0.0, 0.0)

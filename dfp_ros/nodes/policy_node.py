@@ -13,8 +13,8 @@ and `/diagnostics` out; `/estop` (Bool, latches a stop), `~/enable` (SetBool, th
 the latch), the episode topic (an episode's end clears the queue) and `/dfp/model_update`
 (UInt8MultiArray, reliable + transient-local: the ONNX bytes, `layout.dim[0].label` = their sha256,
 optionally prefixed "sha256:") in. A new model (that topic, or `model_path` set at run time) is
-loaded and validated on the executor thread and swapped between ticks; a refused one leaves the old
-model running and its reason goes back in the SetParametersResult and to the log.
+loaded and validated, then swapped between ticks; a refused one leaves the old model running and its
+reason goes to the log, the diagnostics' `model_event` and (for `model_path`) the SetParametersResult.
 
 Human takeover (runtime/takeover.py): `teleop_topic` (Float64MultiArray in the policy's action units)
 drives the robot instead of the policy while `teleop_engaged_topic` (Bool, joy_teleop_node's dead-man)
@@ -23,9 +23,11 @@ command published: frame_id policy | human | hold, stamp = the observation's) sa
 
 Threads: inference on its own (ONNX Runtime releases the GIL), callbacks on one executor thread
 (EventsExecutor or SingleThreadedExecutor: this rclpy's MultiThreadedExecutor delivered messages ~100 ms
-late), so a slow inference does not delay a tick. A new model is loaded and checked in the parameter
-callback, on the executor thread: the control thread ticks on from the queue meanwhile, but states wait,
-so on a loaded machine a swap may leave one tick without an action (`ticks_without_action`).
+late), so a slow inference does not delay a tick. A model pushed on the topic loads on a thread of its
+own (runtime/model_loader.py; the newest push wins), so the states keep flowing. One set as `model_path`
+loads in the parameter callback, on the executor thread, because its answer says whether it was
+accepted: the control thread ticks on from the queue meanwhile, but states wait, so on a loaded machine
+that swap may leave one tick without an action (`ticks_without_action`).
 
 Trigger "observation" (config/policy.yaml): each message of the first state source ticks once in its
 callback, after a plan expected within `max_plan_wait_s` (a slower one runs early on the inference
@@ -79,6 +81,7 @@ from dfp_ros.runtime.controller import (
     load_policy,
     model_bytes_mismatch,
 )
+from dfp_ros.runtime.model_loader import ModelLoader
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 from dfp_ros.scheduling import describe_scheduling, make_thread_realtime
 
@@ -143,6 +146,8 @@ class PolicyNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=ops_group)
         if p["episode_topic"]:
             self.create_subscription(String, p["episode_topic"], self._on_episode, 10, callback_group=ops_group)
+        self._loader = ModelLoader(self._load_pushed, self._swap, self._refused_push, refusals=(ContractError,),
+                                   name="policy_model_loader")
         self.create_subscription(UInt8MultiArray, contracts.TOPIC_MODEL_UPDATE, self._on_model_update,
                                  ros_io.LATCHED, callback_group=MutuallyExclusiveCallbackGroup())
         self._teleop = p["teleop_topic"]
@@ -175,7 +180,7 @@ class PolicyNode(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    # --- model updates (executor thread; the controller swaps between ticks) ------------------------------
+    # --- model updates (parameter: executor thread; topic: loader thread; swapped between ticks) ----------
     def _load(self, source: str | bytes) -> PolicyRuntime:
         runtime, load_s = load_policy(source, self._device, self._num_samples)
         fallback = f" ({runtime.provider_fallback})" if runtime.provider_fallback else ""
@@ -216,13 +221,17 @@ class PolicyNode(Node):
 
     def _on_model_update(self, msg: UInt8MultiArray) -> None:
         data = bytes(msg.data)
-        reason = model_bytes_mismatch(data, msg.layout.dim[0].label if msg.layout.dim else "")
-        if reason is None:
-            try:
-                self._swap(self._load_for_swap(data), f"{contracts.TOPIC_MODEL_UPDATE} ({len(data)} bytes)")
-                return
-            except ContractError as e:
-                reason = str(e)
+        label = msg.layout.dim[0].label if msg.layout.dim else ""
+        self._loader.submit((data, label), f"{contracts.TOPIC_MODEL_UPDATE} ({len(data)} bytes)")
+
+    def _load_pushed(self, pushed: tuple[bytes, str]) -> PolicyRuntime:
+        """Loader thread: the pushed bytes, checked against their label, loaded and checked for a swap."""
+        data, label = pushed
+        if reason := model_bytes_mismatch(data, label):
+            raise ContractError(reason)
+        return self._load_for_swap(data)
+
+    def _refused_push(self, source: str, reason: str) -> None:
         self._refused(f"model update on {contracts.TOPIC_MODEL_UPDATE}", reason, f"update: {reason}")
 
     # --- observations ------------------------------------------------------------------------------------
@@ -417,6 +426,8 @@ class PolicyNode(Node):
             self._wake.set()
         for t in getattr(self, "_threads", []):
             t.join(timeout=2.0)
+        if hasattr(self, "_loader"):
+            self._loader.close()
         super().destroy_node()
 
 

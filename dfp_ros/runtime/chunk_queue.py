@@ -94,6 +94,13 @@ class ChunkQueue:
             return None
         return self._merged(self._slots.popleft())
 
+    def drop(self, n: int) -> int:
+        """Discard the actions of the next `n` ticks unexecuted (ticks that passed); returns how many were queued."""
+        dropped = min(max(n, 0), len(self._slots))
+        for _ in range(dropped):
+            self._slots.popleft()
+        return dropped
+
     def _merged(self, proposals: list[np.ndarray]) -> np.ndarray:
         if len(proposals) == 1:
             return proposals[0].copy()

@@ -570,8 +570,7 @@ class PolicyController:
         so the rest of the chunk still runs at the ticks it was planned for."""
         with self._lock:
             self._missed_ticks += n
-            for _ in range(n):
-                self._queue.pop()
+            self._queue.drop(n)
             self._next_index += n
 
     # --- operator inputs ------------------------------------------------------------------------------
