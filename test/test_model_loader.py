@@ -98,12 +98,42 @@ def test_a_handover_that_raises_refuses_the_model():
     assert seen.refused == [("m", "m: another contract")] and loader.loaded == 0
 
 
-def test_close_drops_a_waiting_request_and_refuses_new_ones():
+def test_close_drops_a_waiting_request_hands_over_nothing_more_and_refuses_new_ones():
     seen = Recorder()
     loader, release = blocked_loader(seen)
     loader.submit("m1", "m1")
     threading.Timer(0.1, release.set).start()
-    loader.close()
-    assert [label for _, label in seen.loaded] == ["m0"]
+    assert loader.close()  # the thread ended
+    assert seen.loaded == [] and seen.refused == []  # m0 finished loading after close: not handed over
     with pytest.raises(RuntimeError, match="closed"):
         loader.submit("m2", "m2")
+
+
+def test_a_push_older_than_a_swap_made_outside_is_refused_and_a_newer_one_loads():
+    seen = Recorder()
+    loader, release = blocked_loader(seen)  # m0 was pushed and is loading
+    swapped = []
+    loader.hand_over_outside(lambda: swapped.append("set as a parameter"))
+    release.set()
+    assert loader.wait_idle(5)
+    loader.submit("m1", "m1")  # pushed after the outside swap: newer than it
+    assert loader.wait_idle(5)
+    loader.close()
+    assert swapped == ["set as a parameter"]
+    assert seen.refused == [("m0", "a model swapped in since it was submitted is newer")]
+    assert seen.loaded == [("m1", "m1")]
+
+
+def test_a_refusal_handler_that_raises_does_not_end_the_loader():
+    seen = Recorder()
+
+    def on_refused(description: str, reason: str) -> None:
+        raise OSError("log closed")
+
+    loader = ModelLoader(lambda src: src if src != "bad" else 1 / 0, seen.on_loaded, on_refused)
+    loader.submit("bad", "bad")
+    assert loader.wait_idle(5)
+    loader.submit("good", "good")
+    assert loader.wait_idle(5)
+    loader.close()
+    assert seen.loaded == [("good", "good")] and loader.handler_errors == ["bad: OSError: log closed"]

@@ -126,9 +126,10 @@ def run_node(make_node: Callable[[], N], name: str, *, args: list[str] | None = 
             while rclpy.ok() and not getattr(node, "finished", False):
                 try:
                     spinner.spin_once(timeout_sec=0.1)
-                except Exception:
+                except Exception as err:
                     if not context_shuts_down(SIGNAL_SHUTDOWN_GRACE_S):
                         raise
+                    logger.debug(f"spin ended by {type(err).__name__} during shutdown: {err}")
                     break  # a take or a publish that a signal interrupted: a normal end
             signalled = not getattr(node, "finished", False)
     except (KeyboardInterrupt, ExternalShutdownException):

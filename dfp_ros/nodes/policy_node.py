@@ -24,10 +24,11 @@ command published: frame_id policy | human | hold, stamp = the observation's) sa
 Threads: inference on its own (ONNX Runtime releases the GIL), callbacks on one executor thread
 (EventsExecutor or SingleThreadedExecutor: this rclpy's MultiThreadedExecutor delivered messages ~100 ms
 late), so a slow inference does not delay a tick. A model pushed on the topic loads on a thread of its
-own (runtime/model_loader.py; the newest push wins), so the states keep flowing. One set as `model_path`
-loads in the parameter callback, on the executor thread, because its answer says whether it was
-accepted: the control thread ticks on from the queue meanwhile, but states wait, so on a loaded machine
-that swap may leave one tick without an action (`ticks_without_action`).
+own (runtime/model_loader.py; the newest model wins, a push older than a `model_path` set meanwhile is
+refused), so the states keep flowing. One set as `model_path` loads in the parameter callback, on the
+executor thread, because its answer says whether it was accepted: the control thread ticks on from the
+queue meanwhile, but states wait, so on a loaded machine that swap may leave one tick without an action
+(`ticks_without_action`).
 
 Trigger "observation" (config/policy.yaml): each message of the first state source ticks once in its
 callback, after a plan expected within `max_plan_wait_s` (a slower one runs early on the inference
@@ -217,21 +218,21 @@ class PolicyNode(Node):
         self._ctrl.set_options(**{k: v for k, v in changed.items() if k != "model_path"})
         if "model_path" in changed and self._pending_model is not None:
             new, self._pending_model = self._pending_model, None
-            self._swap(new, str(changed["model_path"]))
+            self._loader.hand_over_outside(lambda: self._swap(new, str(changed["model_path"])))  # newer than a push
 
     def _on_model_update(self, msg: UInt8MultiArray) -> None:
         data = bytes(msg.data)
-        label = msg.layout.dim[0].label if msg.layout.dim else ""
-        self._loader.submit((data, label), f"{contracts.TOPIC_MODEL_UPDATE} ({len(data)} bytes)")
+        sha_label = msg.layout.dim[0].label if msg.layout.dim else ""
+        self._loader.submit((data, sha_label), f"{contracts.TOPIC_MODEL_UPDATE} ({len(data)} bytes)")
 
     def _load_pushed(self, pushed: tuple[bytes, str]) -> PolicyRuntime:
         """Loader thread: the pushed bytes, checked against their label, loaded and checked for a swap."""
-        data, label = pushed
-        if reason := model_bytes_mismatch(data, label):
+        data, sha_label = pushed
+        if reason := model_bytes_mismatch(data, sha_label):
             raise ContractError(reason)
         return self._load_for_swap(data)
 
-    def _refused_push(self, source: str, reason: str) -> None:
+    def _refused_push(self, _description: str, reason: str) -> None:
         self._refused(f"model update on {contracts.TOPIC_MODEL_UPDATE}", reason, f"update: {reason}")
 
     # --- observations ------------------------------------------------------------------------------------
@@ -408,6 +409,7 @@ class PolicyNode(Node):
     def _publish_diagnostics(self) -> None:
         values = self._ctrl.stats(time.monotonic())
         values["control_thread_scheduling"] = self._control_scheduling
+        values["model_pushes_superseded"] = self._loader.superseded  # pushed faster than they loaded
         if values["estop"]:
             level, message = DiagnosticStatus.ERROR, "e-stop latched"
         elif values["control"] == "lost":
@@ -424,10 +426,10 @@ class PolicyNode(Node):
         if hasattr(self, "_stop"):
             self._stop.set()
             self._wake.set()
+        if hasattr(self, "_loader") and not self._loader.close():
+            self.get_logger().warning("a pushed model was still loading at shutdown (its thread is left to exit)")
         for t in getattr(self, "_threads", []):
             t.join(timeout=2.0)
-        if hasattr(self, "_loader"):
-            self._loader.close()
         super().destroy_node()
 
 
