@@ -13,7 +13,9 @@ from synthetic_datasets import ACTION_NOISE, MODES, SHARES
 from dfp_ros.runtime.policy_runtime import PolicyRuntime
 from dfp_ros.tools.cli import main
 
-# lr 2e-3: 4000 steps cover the modes as 7000 at 1e-3 did (samples off every mode: 9-10% over seeds 0-2).
+# lr 2e-3: 4000 steps cover the modes as 7000 at 1e-3 did. Over training seeds 0-10 (another CPU's float path is
+# another such sample): samples off every mode 6.7-10%, share error <= 0.062, smallest share >= 0.149, so the
+# bounds below (0.15, 0.15, 0.05) are not a coin toss.
 SMALL = ["--hidden", "128,128,128", "--batch-size", "64", "--lr", "2e-3", "--no-progress", "--log-every", "1000"]
 
 
