@@ -146,7 +146,10 @@ def test_no_action_without_fresh_frames_missing_camera_named_and_stale_frames_st
         # The camera stops; joint states go on. The node's word (not this process's clock) says when the
         # frame went stale: counted from then.
         n = diag.count
-        stale = lambda: any(_stale_front(m) for m in diag.messages[n:])  # noqa: E731
+
+        def stale() -> bool:
+            return any(_stale_front(m) for m in diag.messages[n:])
+
         feed(10.0, with_frames=False, until=stale)
         assert stale(), _diagnostics(diag)
         settled = time.monotonic()
